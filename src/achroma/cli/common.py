@@ -1,0 +1,55 @@
+"""Arguments and helpers shared by several subcommands."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_data_args(p: argparse.ArgumentParser, mode: bool = True) -> None:
+    p.add_argument("--dataset", default="cifar10", help="cifar10 | fashion-mnist | pneumoniamnist | folder:PATH | tar:PATH")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the data set (default: $ACHROMA_DATA_DIR, ./data, ../shared/datasets)")
+    p.add_argument("--download", action="store_true", help="download the data set if it is not found (needs a network)")
+    if mode:
+        p.add_argument("--mode", default=None, choices=["color", "gray", "gray3"],
+                       help="color mode of the input (default: the checkpoint's, else color)")
+        p.add_argument("--normalize", default=None,
+                       help="cifar | imagenet | none | half | 'MEAN,..:STD,..' (default: the checkpoint's, else cifar)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="registry name (seed-densenet, densenet-bc-100, resnet-cifar-20, "
+                   "tv:resnet18, ...); optional with one of our checkpoints")
+    p.add_argument("--weights", default=None,
+                   help="our checkpoint (.safetensors with its .json) or a foreign .th/.pt/.pth state dict")
+    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+
+
+def resolve_model(args, default_mode: str = "color"):
+    """(model, mode, normalization, meta) from --model/--weights and, for our checkpoints, their JSON."""
+    from ..data import mode_channels
+    from ..io import is_checkpoint, load_checkpoint
+    from ..models import create_model, load_weights
+
+    meta: dict = {}
+    if args.weights and is_checkpoint(args.weights):
+        model, meta = load_checkpoint(args.weights)
+    else:
+        if not args.model:
+            raise ValueError("--model is required unless --weights is one of our checkpoints")
+        mode = getattr(args, "mode", None) or default_mode
+        in_chans = args.in_chans or mode_channels(mode)
+        model = create_model(args.model, in_chans=in_chans, num_classes=args.num_classes or 10)
+        if args.weights:
+            load_weights(model, args.weights)
+    mode = getattr(args, "mode", None) or meta.get("mode", default_mode)
+    normalize = getattr(args, "normalize", None) or meta.get("normalization") or "cifar"
+    return model, mode, normalize, meta
+
+
+def device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

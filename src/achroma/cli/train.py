@@ -1,0 +1,49 @@
+"""`achroma train`: supervised training with checkpoints every epoch and resume (torchrun for DDP)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_data_args, add_model_args, resolve_model
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model (SGD, cosine/step schedule, CIFAR augmentation; torchrun for DDP)")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="output folder: last.* every epoch (resumed from), model.* at the end")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--limit", type=int, default=None, help="train on N images of each class (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a resumable state")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..data import load_dataset
+    from ..training import TrainConfig, train
+
+    if args.weights and Path(args.out).resolve() == Path(args.weights).resolve().parent:
+        raise ValueError("--out must not be the folder of the input weights (nothing is overwritten)")
+    model, mode, normalize, _ = resolve_model(args)
+    train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
+    test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
+    if args.limit:
+        train_set = train_set.stratified_subset(args.limit, seed=args.seed)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                         weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+                         mode=mode, normalize=normalize, augment=not args.no_augment, seed=args.seed,
+                         device=args.device)
+    history = train(model, train_set, config, test_set=test_set, out_dir=args.out, resume=not args.no_resume)
+    final = history["epochs"][-1] if history["epochs"] else {}
+    if "test_accuracy" in final:
+        print(f"final test accuracy {final['test_accuracy']:.4f} after {final['epoch']} epochs; "
+              f"checkpoint {Path(args.out) / 'model.safetensors'}")
+    return 0

@@ -1,0 +1,81 @@
+"""Checkpoints as safetensors + a JSON of architecture, normalization and history; atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """`model.safetensors` and `model.json` for any of `model`, `model.safetensors`, `model.json`."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
+    """Save weights (safetensors) and metadata (JSON: `arch` from `create_model`, plus `meta`)."""
+    from safetensors.torch import save
+
+    weights_path, json_path = checkpoint_paths(path)
+    arch = getattr(model, "achroma_arch", None)
+    if arch is None:
+        raise ValueError("model has no `achroma_arch`; build it with achroma.models.create_model")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    info = {"format": "achroma-checkpoint/1", "arch": arch, **(meta or {})}
+    atomic_write_bytes(weights_path, save(state))
+    atomic_write_json(json_path, info)
+    return weights_path
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON beside a checkpoint; a clear error when it is missing or unreadable."""
+    _, json_path = checkpoint_paths(path)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"checkpoint metadata not found: {json_path}")
+    try:
+        return json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"corrupt checkpoint metadata {json_path}: {err}") from err
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights; returns (model, meta)."""
+    from .models import create_model, load_weights
+
+    weights_path, _ = checkpoint_paths(path)
+    meta = read_checkpoint_meta(path)
+    arch = dict(meta["arch"])
+    model = create_model(arch.pop("name"), **arch)
+    load_weights(model, weights_path)
+    return model.to(map_location), meta
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """True when `path` names one of our checkpoints (a safetensors file with its JSON beside it)."""
+    weights_path, json_path = checkpoint_paths(path)
+    return weights_path.is_file() and json_path.is_file()

@@ -1,0 +1,51 @@
+"""Accuracy and loss of a model on a data set in a given color mode."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import BatchLoader, ImageDataset, Normalization
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable and frozen parameters (not BN running statistics)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: ImageDataset,
+    mode: str = "color",
+    normalize: str | Normalization | dict | None = None,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Top-1 accuracy, mean cross-entropy, sample count and parameter count, as a plain dict."""
+    model = model.to(device).eval()
+    loader = BatchLoader(dataset, batch_size=batch_size, mode=mode, normalize=normalize, device=device)
+    _check_channels(model, loader)
+    correct, loss_sum, n = 0, 0.0, 0
+    for x, y in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    return {"accuracy": correct / n, "loss": loss_sum / n, "n": n, "params": count_parameters(model)}
+
+
+def first_conv_in_channels(model: nn.Module) -> int | None:
+    """Input channels of the first Conv2d in definition order (None when the model has none)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
+
+
+def _check_channels(model: nn.Module, loader: BatchLoader) -> None:
+    expected = first_conv_in_channels(model)
+    got = 1 if loader.mode == "gray" else 3
+    if expected is not None and expected != got:
+        hint = "use --mode gray" if expected == 1 else "use --mode color or gray3"
+        raise ValueError(f"the model takes {expected}-channel input but mode {loader.mode!r} gives {got}: {hint}")

@@ -1,0 +1,199 @@
+"""Supervised training: SGD with momentum, cosine or step schedule, CIFAR augmentation, AMP and
+channels_last on CUDA, DDP under torchrun, a checkpoint every epoch and resume from the last."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import BatchLoader, ImageDataset, get_normalization
+from ..io import atomic_write_bytes, save_checkpoint
+from .distributed import setup_distributed, unwrap, wrap_model
+from .evaluate import evaluate
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved beside every checkpoint)."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step
+    milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of the epochs
+    warmup_epochs: float = 0.0
+    mode: str = "color"
+    normalize: str | dict = "cifar"
+    augment: bool = True
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 1
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus the model's own regularization terms (e.g. the seed DenseNet's L1)."""
+    loss = F.cross_entropy(model(x).float(), y)
+    reg = getattr(unwrap(model), "regularization_loss", None)
+    return loss + reg().to(loss.device) if reg is not None else loss
+
+
+def lr_at(config: TrainConfig, progress: float) -> float:
+    """Learning rate at `progress` epochs into the run (fractional)."""
+    if config.warmup_epochs and progress < config.warmup_epochs:
+        return config.lr * progress / config.warmup_epochs
+    if config.schedule == "cosine":
+        return 0.5 * config.lr * (1 + math.cos(math.pi * min(progress / config.epochs, 1.0)))
+    if config.schedule == "step":
+        drops = sum(progress >= m * config.epochs for m in config.milestones)
+        return config.lr * 0.1 ** drops
+    raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine or step")
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               loss_fn: LossFn = classification_loss, amp: bool = False) -> float:
+    """One optimizer step on a batch; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = loss_fn(model, x, y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+
+
+def train(
+    model: nn.Module,
+    train_set: ImageDataset,
+    config: TrainConfig,
+    test_set: ImageDataset | None = None,
+    out_dir: str | Path | None = None,
+    loss_fn: LossFn = classification_loss,
+    resume: bool = True,
+) -> dict:
+    """Train `model` in place; with `out_dir`, checkpoint every epoch (`last.*`) and resume from it.
+
+    Returns the history: per-epoch train loss, test accuracy, learning rate and seconds.
+    """
+    device = config.resolved_device()
+    info = setup_distributed(device)
+    if device.type == "cuda" and info.world_size > 1:
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    torch.manual_seed(config.seed)
+    cuda = device.type == "cuda"
+    model = model.to(device)
+    if cuda and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    out = Path(out_dir) if out_dir else None
+    history: dict = {"epochs": [], "config": _jsonable(asdict(config))}
+    start_epoch = 0
+    if out is not None and resume and (out / "last.state.pt").is_file():
+        state = torch.load(out / "last.state.pt", map_location=device, weights_only=True)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        history["epochs"] = _decode_history(state["history"])
+        if info.is_main:
+            print(f"resuming from {out / 'last.state.pt'} at epoch {start_epoch}")
+    net = wrap_model(model, info, device)
+    loader = BatchLoader(train_set, config.batch_size, mode=config.mode, normalize=config.normalize,
+                         shuffle=True, augment=config.augment, drop_last=True, device=device,
+                         seed=config.seed, rank=info.rank, world_size=info.world_size)
+    steps = len(loader)
+    amp = config.amp and cuda
+    for epoch in range(start_epoch, config.epochs):
+        loader.set_epoch(epoch)
+        net.train()
+        t0, total = time.time(), 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not info.is_main)
+        for i, (x, y) in enumerate(bar):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(config, epoch + i / steps)
+            if cuda and config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = train_step(net, x, y, optimizer, loss_fn, amp)
+            total += loss
+            bar.set_postfix(loss=f"{loss:.3f}")
+        record = {"epoch": epoch + 1, "train_loss": total / steps, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": time.time() - t0}
+        last = epoch + 1 == config.epochs
+        if test_set is not None and info.is_main and ((epoch + 1) % config.eval_every == 0 or last):
+            result = evaluate(unwrap(net), test_set, mode=config.mode, normalize=config.normalize, device=device,
+                              progress=False)
+            record.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
+        history["epochs"].append(record)
+        if info.is_main:
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            if out is not None:
+                _save_state(out, unwrap(net), optimizer, epoch + 1, history, config, train_set)
+    if info.is_main and out is not None:
+        save_checkpoint(out / "model", unwrap(net), _meta(history, config, train_set))
+    return history
+
+
+def _meta(history: dict, config: TrainConfig, train_set: ImageDataset) -> dict:
+    return {
+        "normalization": get_normalization(config.normalize).to_dict(),
+        "mode": config.mode,
+        "dataset": {"name": train_set.name, "display_name": train_set.extra.get("display_name", train_set.name),
+                    "classes": train_set.classes},
+        "training": history,
+    }
+
+
+def _save_state(out: Path, model: nn.Module, optimizer, epoch: int, history: dict, config: TrainConfig,
+                train_set: ImageDataset) -> None:
+    """The resumable state (our own file, read back with weights_only) and a usable checkpoint."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "history": _encode_history(history["epochs"])}, buf)
+    atomic_write_bytes(out / "last.state.pt", buf.getvalue())
+    save_checkpoint(out / "last", model, _meta(history, config, train_set))
+
+
+def _encode_history(epochs: list[dict]) -> dict[str, torch.Tensor]:
+    """History as tensors so the state file loads with weights_only=True."""
+    keys = sorted({k for e in epochs for k in e})
+    return {k: torch.tensor([float(e.get(k, float("nan"))) for e in epochs], dtype=torch.float64) for k in keys}
+
+
+def _decode_history(encoded: dict[str, torch.Tensor]) -> list[dict]:
+    n = len(next(iter(encoded.values()))) if encoded else 0
+    rows = [{k: v[i].item() for k, v in encoded.items() if not math.isnan(v[i].item())} for i in range(n)]
+    for row in rows:
+        row["epoch"] = int(row["epoch"])
+    return rows
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
