@@ -1,0 +1,35 @@
+"""Run by test_training under torchrun: one DDP training step per model, gradients saved by rank 0."""
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from achroma.data import BatchLoader
+from achroma.training import TrainConfig, make_optimizer, train_step
+from achroma.training.distributed import setup_distributed, unwrap, wrap_model
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from test_training import make_batch_dataset, make_model  # noqa: E402
+
+
+def main(out: str) -> None:
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    info = setup_distributed(device)
+    grads = {}
+    for kind in ("bn", "no-bn"):
+        model = wrap_model(make_model(kind), info, device)
+        loader = BatchLoader(make_batch_dataset(), batch_size=4, normalize="cifar", rank=info.rank,
+                             world_size=info.world_size)
+        x, y = next(iter(loader))
+        train_step(model, x, y, make_optimizer(model, TrainConfig(lr=0.0, weight_decay=0.0)))
+        grads[kind] = {n: p.grad.clone() for n, p in unwrap(model).named_parameters()}
+    if info.is_main:
+        torch.save(grads, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,114 @@
+"""Training: steps lower the loss, schedules, resume, and DDP gradients equal single-process ones."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from achroma.data import BatchLoader, ImageDataset
+from achroma.models import create_model
+from achroma.training import TrainConfig, classification_loss, evaluate, lr_at, make_optimizer, train, train_step
+
+
+def make_batch_dataset(n: int = 8) -> ImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+    return ImageDataset(images, torch.arange(n) % 3, ["a", "b", "c"], name="tiny")
+
+
+def make_model(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "bn":
+        return create_model("seed-densenet-tiny", num_classes=3)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def separable_dataset(n=120) -> ImageDataset:
+    """Classes told apart by brightness: a model must learn it within a few epochs."""
+    labels = torch.arange(n) % 3
+    base = (labels * 100 + 20).view(n, 1, 1, 1).expand(n, 3, 16, 16)
+    noise = torch.randint(0, 30, (n, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    return ImageDataset((base + noise).to(torch.uint8), labels, ["dark", "mid", "bright"], name="separable")
+
+
+def test_training_learns_a_separable_task(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("seed-densenet-tiny", num_classes=3)
+    data = separable_dataset()
+    config = TrainConfig(epochs=4, batch_size=20, lr=0.05, augment=False, device="cpu")
+    history = train(model, data, config, test_set=data)
+    assert history["epochs"][-1]["test_accuracy"] == 1.0
+    assert history["epochs"][-1]["train_loss"] < history["epochs"][0]["train_loss"]
+
+
+def test_resume_continues_from_the_last_epoch(tmp_path):
+    data = separable_dataset(60)
+    config = TrainConfig(epochs=1, batch_size=20, lr=0.05, device="cpu")
+    torch.manual_seed(0)
+    first = train(create_model("seed-densenet-tiny", num_classes=3), data, config, out_dir=tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "last.state.pt").is_file()
+    config.epochs = 2
+    resumed = train(create_model("seed-densenet-tiny", num_classes=3), data, config, out_dir=tmp_path)
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    assert resumed["epochs"][0]["train_loss"] == first["epochs"][0]["train_loss"]
+
+
+def test_cosine_and_step_schedules():
+    cfg = TrainConfig(epochs=10, lr=0.1, schedule="cosine")
+    assert lr_at(cfg, 0) == 0.1 and abs(lr_at(cfg, 5) - 0.05) < 1e-12 and lr_at(cfg, 10) < 1e-12
+    cfg = TrainConfig(epochs=10, lr=0.1, schedule="step", milestones=(0.5, 0.75))
+    assert [round(lr_at(cfg, e), 6) for e in (0, 5, 8)] == [0.1, 0.01, 0.001]
+    assert lr_at(TrainConfig(epochs=10, lr=0.1, warmup_epochs=2), 1) == 0.05
+
+
+def test_seed_densenet_l1_penalty_enters_the_loss():
+    model = create_model("seed-densenet-tiny", num_classes=3)
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    plain = nn.functional.cross_entropy(model(x), y)
+    assert classification_loss(model, x, y) > plain
+    assert torch.allclose(classification_loss(model, x, y) - plain, model.regularization_loss())
+
+
+def test_evaluate_refuses_a_channel_mismatch():
+    model = create_model("resnet-cifar-20", in_chans=1)
+    try:
+        evaluate(model, make_batch_dataset(), mode="color", progress=False)
+    except ValueError as err:
+        assert "--mode gray" in str(err)
+    else:
+        raise AssertionError("a 1-channel model accepted color input")
+
+
+def _single_process_grads(kind: str, shards: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean of per-shard gradients: what DDP computes (BN statistics are per process on CPU)."""
+    model = make_model(kind)
+    loader = BatchLoader(make_batch_dataset(), batch_size=8, normalize="cifar")
+    x, y = next(iter(loader))
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for idx in shards:
+        model.zero_grad()
+        classification_loss(model, x[idx], y[idx]).backward()
+        for n, p in model.named_parameters():
+            total[n] += p.grad / len(shards)
+    return total
+
+
+def test_ddp_two_cpu_processes_match_a_single_process_step(tmp_path):
+    out = tmp_path / "grads.pt"
+    worker = Path(__file__).with_name("ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = torch.load(out, weights_only=True)
+    shards = [torch.arange(0, 8, 2), torch.arange(1, 8, 2)]  # how BatchLoader shards 8 images over 2 ranks
+    # Without batch statistics, DDP equals one step on the whole batch.
+    full = _single_process_grads("no-bn", [torch.arange(8)])
+    for name, grad in full.items():
+        torch.testing.assert_close(ddp["no-bn"][name], grad, rtol=1e-5, atol=1e-6)
+    # With BatchNorm on CPU each process normalizes its own shard: gradient accumulation over the shards.
+    accumulated = _single_process_grads("bn", shards)
+    for name, grad in accumulated.items():
+        torch.testing.assert_close(ddp["bn"][name], grad, rtol=1e-4, atol=1e-6)
