@@ -47,6 +47,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | N
         raise ValueError("model has no `achroma_arch`; build it with achroma.models.create_model")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     info = {"format": "achroma-checkpoint/1", "arch": arch, **(meta or {})}
+    if getattr(model, "achroma_surgery", False):  # shapes differ from what `arch` builds
+        info.setdefault("surgery", True)
     atomic_write_bytes(weights_path, save(state))
     atomic_write_json(json_path, info)
     return weights_path
@@ -71,6 +73,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     meta = read_checkpoint_meta(path)
     arch = dict(meta["arch"])
     model = create_model(arch.pop("name"), **arch)
+    if meta.get("surgery"):  # folded or merged: rebuild the layers to the stored shapes first
+        from .models import load_state_dict_file
+        from .surgery import resize_to_state_dict
+
+        resize_to_state_dict(model, load_state_dict_file(weights_path))
     load_weights(model, weights_path)
     return model.to(map_location), meta
 

@@ -1,0 +1,126 @@
+"""Merge clusters of a conv layer's output channels: "fold, then prune".
+
+Fold: in every producer of the channels (the conv, the BN entries that normalize them in every
+layer that reads them, the other convs/BNs feeding the same residual stream, depthwise filters,
+shortcut rows) each cluster's entries are averaged into the representative's slot; in every
+consumer the members' input slices are summed into the representative's slice. Prune: the
+dependency graph then removes the other members everywhere at once. Exact duplicates (equal in
+every producer) therefore merge with no change in the output.
+"""
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .graph import ChannelUse, build_graph, channel_uses, resolve_conv
+from .layers import convert_shortcuts
+
+if TYPE_CHECKING:  # importing achroma.clustering pulls in scikit-learn; not needed at run time
+    from ..clustering import Clustering
+
+
+def cluster_groups(clustering: Clustering | Sequence[int] | np.ndarray, n_channels: int) -> list[tuple[int, list[int]]]:
+    """(representative, members) per cluster, checked against the layer's channel count.
+
+    A plain label array may mark outliers -1: each becomes a cluster of its own (as the notebook
+    does); its representative is the cluster's lowest channel index.
+    """
+    if hasattr(clustering, "labels") and hasattr(clustering, "representatives"):  # a Clustering
+        labels, reps = np.asarray(clustering.labels), list(clustering.representatives)
+    else:
+        labels = np.asarray(clustering)
+        if labels.ndim != 1 or (labels.size and not np.all(np.equal(np.mod(labels, 1), 0))):
+            raise ValueError("clustering must be a Clustering or a 1-D array of integer labels")
+        labels = labels.astype(np.int64).copy()
+        outliers = np.flatnonzero(labels == -1)
+        labels[outliers] = labels.max(initial=-1) + 1 + np.arange(outliers.size)
+        if np.any(labels < 0):
+            raise ValueError("cluster labels must be >= 0 (or -1 for outliers)")
+        reps = None
+    if labels.size != n_channels:
+        raise ValueError(f"clustering has {labels.size} labels but the layer has {n_channels} output channels")
+    ids = np.unique(labels)
+    if ids.size == 1 and n_channels > 1:
+        raise ValueError(f"all {n_channels} filters are in one cluster: merging would leave a single channel; "
+                         "use a smaller eps / more clusters")
+    groups = []
+    for cluster_id in ids:
+        members = np.flatnonzero(labels == cluster_id).tolist()
+        rep = members[0] if reps is None else int(reps[int(cluster_id)])
+        if rep not in members:
+            raise ValueError(f"representative {rep} is not a member of cluster {int(cluster_id)}")
+        groups.append((rep, members))
+    return groups
+
+
+def _channel_tensors(module: nn.Module, role: str) -> list[tuple[torch.Tensor, int]]:
+    """(tensor, channel axis) pairs that merging edits for this module and role."""
+    if role == "consumer":
+        name = "matrix" if hasattr(module, "matrix") else "weight"
+        return [(getattr(module, name), 1)]
+    found = []
+    for name in ("weight", "bias", "running_mean", "running_var", "border_kernel", "matrix"):
+        t = getattr(module, name, None)
+        if isinstance(t, torch.Tensor):
+            found.append((t, 0))
+    return found
+
+
+@torch.no_grad()
+def _fold_use(module: nn.Module, use: ChannelUse, groups: list[tuple[int, list[int]]]) -> None:
+    """Average (producer) or sum (consumer) each cluster's entries into its representative's slots."""
+    for tensor, axis in _channel_tensors(module, use.role):
+        data = tensor.data
+        for rep, members in groups:
+            present = [m for m in members if m in use.index]
+            if len(present) <= 1 and rep in use.index:
+                continue
+            if rep not in use.index:
+                if present:
+                    raise ValueError(f"{use.path}: cluster of channel {rep} is only partly visible here "
+                                     "(a split separates its members); cannot merge it")
+                continue
+            idx = torch.tensor([use.index[m] for m in present], device=data.device)  # (members, slots)
+            rep_idx = torch.tensor(use.index[rep], device=data.device)
+            picked = data.index_select(axis, idx.flatten())
+            shape = list(data.shape)
+            shape[axis: axis + 1] = list(idx.shape)
+            picked = picked.reshape(shape)
+            value = picked.mean(axis) if use.role == "producer" else picked.sum(axis)
+            data.index_copy_(axis, rep_idx, value.to(data.dtype))
+
+
+def merge_channels(
+    model: nn.Module,
+    layer_path: str,
+    clustering: Clustering | Sequence[int] | np.ndarray,
+    example_input: Any,
+) -> nn.Module:
+    """A new model in which each cluster of `layer_path`'s output channels is one channel.
+
+    `clustering` labels the conv's output channels (a Clustering, or labels with -1 for outliers);
+    `example_input` is a batch the model accepts (small is fine) for tracing. The input model is
+    not modified. Raises ValueError for an unknown layer path, a label count that differs from the
+    channel count, a single cluster, or layers in the group that cannot be merged.
+    """
+    resolve_conv(model, layer_path)
+    work = convert_shortcuts(copy.deepcopy(model))
+    conv = resolve_conv(work, layer_path)
+    groups = cluster_groups(clustering, conv.out_channels)
+    dg = build_graph(work, example_input)
+    if conv not in dg.module2node:
+        raise ValueError(f"layer {layer_path!r} is not reached by a forward pass of the example input")
+    uses = channel_uses(dg, work, conv)
+    modules = dict(work.named_modules())
+    for use in uses:
+        _fold_use(modules[use.path], use, groups)
+    removed = sorted(m for rep, members in groups for m in members if m != rep)
+    if removed:
+        pruner = dg.get_pruner_of_module(conv)
+        dg.get_pruning_group(conv, pruner.prune_out_channels, removed).prune(record_history=False)
+    work.achroma_surgery = True
+    return work
