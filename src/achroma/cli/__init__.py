@@ -9,7 +9,7 @@ import importlib
 import sys
 
 #: Subcommand modules, in the order `achroma --help` lists them.
-COMMANDS = ("demo", "train", "evaluate")
+COMMANDS = ("demo", "compress", "train", "evaluate", "fields", "cluster", "distill")
 
 
 def build_parser() -> argparse.ArgumentParser:

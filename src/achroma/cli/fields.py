@@ -1,0 +1,67 @@
+"""`achroma fields`: receptive fields of one conv layer by gradient ascent, saved with figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model_args, device, resolve_model
+
+
+def check_out_dir(out: str | Path, inputs: list[str | Path | None], force: bool) -> Path:
+    """Check an output folder before any work: never an input's folder, never a silent overwrite.
+
+    Refuses (ValueError) when `out` is the folder of any input file, or exists and is not empty
+    unless `force` (then files of the same names are replaced, others left alone). The folder
+    itself is created by the first write.
+    """
+    out = Path(out)
+    target = out.resolve()
+    for item in inputs:
+        if item is not None and Path(item).resolve().parent == target:
+            raise ValueError(f"--out {out} is the folder of the input {item}; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ValueError(f"--out {out} exists and is not empty; pass --force to overwrite its files")
+    return out
+
+
+def register(sub) -> None:
+    p = sub.add_parser("fields", help="receptive fields of a conv layer by gradient ascent (npz + figures)")
+    add_model_args(p)
+    p.add_argument("--normalize", default=None,
+                   help="the model's input normalization: cifar | imagenet | none | half | 'MEAN,..:STD,..' "
+                        "(default: the checkpoint's, else cifar)")
+    p.add_argument("--layer", required=True, help="module path of a conv layer (e.g. features.0.0.conv), "
+                   "or 'first' for the first conv in forward order")
+    p.add_argument("--out", required=True, help="output folder (fields.npz, fields_color.png, fields_gray.png)")
+    p.add_argument("--steps", type=int, default=100, help="ascent steps (default 100, the notebook's)")
+    p.add_argument("--step-size", type=float, default=0.5, help="step in 0..255 pixel units (default 0.5)")
+    p.add_argument("--restarts", type=int, default=1, help="average this many seeded runs (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--batch-size", type=int, default=None, help="filters per batch (default: all at once)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..fields import compute_receptive_fields
+    from ..fields.figures import plot_fields
+
+    import torch
+
+    out = check_out_dir(args.out, [args.weights], args.force)
+    torch.manual_seed(args.seed)  # a model without weights gets a reproducible random init
+    model, _, normalize, _ = resolve_model(args)
+    model = model.to(device(args.device))
+    rf = compute_receptive_fields(model, args.layer, normalization=normalize, size=args.size, steps=args.steps,
+                                  step_size=args.step_size, restarts=args.restarts, seed=args.seed,
+                                  batch_size=args.batch_size)
+    rf.params["weights"] = str(args.weights) if args.weights else None
+    rf.save(out / "fields.npz")
+    plot_fields(rf, out / "fields_color.png", kind="color")
+    plot_fields(rf, out / "fields_gray.png", kind="gray")
+    print(f"layer {rf.layer}: {rf.n_filters} fields of {args.size}x{args.size} "
+          f"({args.steps} steps, {args.restarts} restart(s), seed {args.seed}) -> {out}")
+    return 0
