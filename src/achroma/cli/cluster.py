@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from .fields import check_out_dir
+from .common import check_out_dir
 
 
 def register(sub) -> None:

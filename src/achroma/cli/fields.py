@@ -1,28 +1,8 @@
 """`achroma fields`: receptive fields of one conv layer by gradient ascent, saved with figures."""
 from __future__ import annotations
 
-from pathlib import Path
 
-from .common import add_model_args, device, resolve_model
-
-
-def check_out_dir(out: str | Path, inputs: list[str | Path | None], force: bool) -> Path:
-    """Check an output folder before any work: never an input's folder, never a silent overwrite.
-
-    Refuses (ValueError) when `out` is the folder of any input file, or exists and is not empty
-    unless `force` (then files of the same names are replaced, others left alone). The folder
-    itself is created by the first write.
-    """
-    out = Path(out)
-    target = out.resolve()
-    for item in inputs:
-        if item is not None and Path(item).resolve().parent == target:
-            raise ValueError(f"--out {out} is the folder of the input {item}; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValueError(f"--out {out} exists and is not empty; pass --force to overwrite its files")
-    return out
+from .common import add_model_args, check_out_dir, device, resolve_model
 
 
 def register(sub) -> None:

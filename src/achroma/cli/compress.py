@@ -1,0 +1,143 @@
+"""`achroma compress`: fold a color model to gray, merge similar filters, repair, and report.
+
+Everything is checked and computed before the output folder is touched: bad input (unknown
+layer, a clustering that does not fit, a first layer that is not a conv, one cluster for all
+filters...) exits 2 with one line and writes nothing.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import add_model_args, check_out_dir, resolve_model
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compress", help="fold a color model to gray, merge similar filters, repair; model + report")
+    add_model_args(p)
+    p.add_argument("--normalize", default=None,
+                   help="the color model's input normalization: cifar | imagenet | none | half | 'MEAN,..:STD,..' "
+                        "(default: the checkpoint's, else cifar)")
+    p.add_argument("--dataset", default="cifar10", help="cifar10 | fashion-mnist | pneumoniamnist | folder:PATH | "
+                   "tar:PATH (test images score every row; train images feed the repair)")
+    p.add_argument("--data-dir", default=None, help="folder holding the data set")
+    p.add_argument("--display-name", default=None, help="the data set's name in the report (default: the loader's, "
+                   "e.g. 'CIFAR-10 (JPEG)')")
+    p.add_argument("--download", action="store_true", help="download the data set if it is not found")
+    p.add_argument("--layers", default="first:1",
+                   help="conv module paths and/or first:N, comma-separated, merged in this order (default first:1)")
+    p.add_argument("--metric", default="mse", help="mse | ssim | cosine | brightness | imed; one, or one per layer "
+                   "(e.g. mse,imed: the notebook's)")
+    p.add_argument("--cluster", default="dbscan", choices=["dbscan", "kmeans", "agglomerative"])
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--eps", default=None, help="threshold on the min-max-scaled distances (dbscan eps, "
+                     "agglomerative distance threshold); one, or one per layer (the notebook: 0.027 on layer 1)")
+    how.add_argument("--keep", default=None, help="keep about this share of the filters, e.g. 0.55; one, or one "
+                     "per layer")
+    p.add_argument("--clustering", default=None, help="use saved clusterings (clustering.json of `achroma cluster`) "
+                   "instead of computing them: one per layer, '-' to compute that layer's")
+    p.add_argument("--min-samples", type=int, default=1, help="dbscan min_samples (default 1)")
+    p.add_argument("--imed-r", type=float, default=1.0, help="IMED Gaussian width in pixels (default 1)")
+    p.add_argument("--steps", type=int, default=100, help="gradient-ascent steps for the receptive fields (100)")
+    p.add_argument("--restarts", type=int, default=1, help="average the fields of this many seeded runs (1)")
+    p.add_argument("--fields-from", default="current", choices=["current", "color"],
+                   help="compute each layer's fields in the model as merged so far (current, default) or in the "
+                        "color model, then luma (color: the notebook's way)")
+    p.add_argument("--repair", default="bn-train", help="bn-train | bn-stats | distill | none, or several "
+                   "(bn-train,bn-stats,distill); the saved model carries the first")
+    p.add_argument("--epochs", type=int, default=1, help="bn-train and distill epochs (default 1, the notebook's)")
+    p.add_argument("--lr", type=float, default=0.01, help="bn-train learning rate (default 0.01)")
+    p.add_argument("--momentum", type=float, default=0.7, help="bn-train momentum (default 0.7)")
+    p.add_argument("--repair-batch-size", type=int, default=32, help="bn-train and distill batch size (default 32, Keras')")
+    p.add_argument("--distill-lr", type=float, default=0.01, help="distill repair: SGD learning rate (default 0.01)")
+    p.add_argument("--distill-loss", default="mse", choices=["mse", "kd"],
+                   help="distill repair: logit MSE (default) or Hinton KD")
+    p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class (default all)")
+    p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (latency is always measured on the CPU)")
+    p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurements")
+    p.add_argument("--latency-runs", type=int, default=20, help="runs at batch 1 (batch 256 gets a quarter, >= 3)")
+    p.add_argument("--out", required=True, help="output folder (model.safetensors/.json, report.md/.json, "
+                   "clustering-<layer>.json, figures)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output; print only the table")
+    p.set_defaults(func=run)
+
+
+def _load_clusterings(spec: str | None, paths: list[str]) -> dict:
+    """{layer: Clustering} from --clustering (one file per layer, '-' for none)."""
+    from ..clustering import Clustering
+    from ..pipeline import per_layer
+
+    if not spec:
+        return {}
+    files = per_layer(spec, len(paths), "--clustering")
+    out = {}
+    for layer, f in zip(paths, files):
+        if f is None:
+            continue
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"clustering file not found: {f}")
+        try:
+            out[layer] = Clustering.from_json(f)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{f} is not a clustering file: {err}") from None
+    return out
+
+
+def run(args) -> int:
+    import torch
+
+    from ..data import load_dataset
+    from ..pipeline import RepairConfig, check_repairs, compress, per_layer, resolve_layers, split_list
+    from ..pipeline.spec import check_metric
+    from ..report import build_report, render_markdown, write_outputs
+    from .common import device
+
+    clustering_files = [f for f in split_list(args.clustering) if f not in ("-", "")]
+    check_out_dir(args.out, [args.weights, *clustering_files], args.force)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repairs = check_repairs(args.repair)
+    for m in split_list(args.metric):
+        check_metric(m)
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    model, _, normalize, meta = resolve_model(args)
+    train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
+    test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
+    paths = resolve_layers(model, args.layers, int(test_set.images.shape[-1]))
+    given = _load_clusterings(args.clustering, paths)
+    for name, values in (("--eps", args.eps), ("--keep", args.keep)):
+        per_layer(values, len(paths), name, float)
+    if args.display_name:
+        for data in (train_set, test_set):
+            data.extra["display_name"] = args.display_name
+    if args.calib_limit:
+        train_set = train_set.stratified_subset(args.calib_limit, seed=args.seed)
+    if args.test_limit:
+        test_set = test_set.stratified_subset(args.test_limit, seed=args.seed)
+
+    config = RepairConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.repair_batch_size,
+                          distill_lr=args.distill_lr, distill_loss=args.distill_loss)
+    result = compress(model, normalize, train_set, test_set, layers=paths, metric=args.metric,
+                      cluster_method=args.cluster, eps=args.eps, keep=args.keep, repair=repairs,
+                      fields_kw={"steps": args.steps, "restarts": args.restarts}, seed=args.seed,
+                      clusterings=given, repair_config=config, fields_from=args.fields_from, imed_r=args.imed_r,
+                      min_samples=args.min_samples,
+                      batch_size=args.batch_size, device=device(args.device), progress=not args.quiet, log=log)
+    runs = max(1, args.latency_runs)
+    report = build_report(result, latency=not args.no_latency, runs_b1=runs, runs_b256=max(3, runs // 4), log=log)
+    report["source"] = {"model": args.model, "weights": args.weights, "dataset": args.dataset,
+                        "calib_limit_per_class": args.calib_limit, "test_limit_per_class": args.test_limit,
+                        "arguments": {k: v for k, v in vars(args).items() if k != "func"}}
+    extra = {"dataset": {"name": args.dataset, "display_name": result.dataset, "classes": list(test_set.classes)},
+             "source": {"model": args.model or meta.get("arch", {}).get("name"), "weights": args.weights}}
+    write_outputs(args.out, result, report, extra)
+    print(render_markdown(report))
+    print(f"wrote {args.out}: model.safetensors (gray, {result.final_key}), report.md, report.json, "
+          f"clustering and figures for {len(result.layers)} layer(s)")
+    return 0

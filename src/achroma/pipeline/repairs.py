@@ -1,0 +1,86 @@
+"""Apply one named repair to a copy of a gray model, with a budget that can be given twice.
+
+bn-train and bn-stats touch the BN layers only; distill trains every weight of the gray model to
+regress the color model's logits on the same images (the color model teaches its merged self).
+
+The merged model and the uncompressed folded model get the *same* repair: same images, same
+order, same epochs and step size, so that the table compares compression at a matched budget.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..data import BatchLoader, ImageDataset
+from ..repair import bn_recalibrate, bn_train
+from ..training import TrainConfig
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """The repair budget. Defaults are the notebook's: one epoch of BN-only SGD, lr 0.01, momentum
+    0.7, batch 32 (Keras' default batch size), no augmentation. bn-stats uses `stats_batch_size`.
+    distill uses the same epochs, batch and augmentation with its own SGD (`distill_lr`, momentum
+    0.9, cosine, no weight decay) and loss (`distill_loss`: 'mse' on logits or 'kd'), then
+    re-estimates the BN statistics on the same images."""
+
+    epochs: int = 1
+    lr: float = 0.01
+    momentum: float = 0.7
+    batch_size: int = 32
+    stats_batch_size: int = 256
+    augment: bool = False
+    distill_lr: float = 0.01
+    distill_loss: str = "mse"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def repair_model(model: nn.Module, kind: str, train_set: ImageDataset, config: RepairConfig, seed: int = 0,
+                 device: str | torch.device = "cpu", teacher: nn.Module | None = None,
+                 teacher_normalize: Any = None) -> nn.Module:
+    """A repaired copy of gray model `model` ('bn-train', 'bn-stats', 'distill' or 'none'; the input
+    is untouched). 'distill' needs `teacher` (the color model) and its input normalization.
+
+    The calibration images go in as raw [0, 1] gray (the folded model's input); the loader's shuffle
+    is seeded by `seed` alone, so two calls with the same arguments see the same batches.
+    """
+    out = copy.deepcopy(model).to(device)
+    if kind == "none":
+        return out
+    if kind == "bn-train":
+        loader = BatchLoader(train_set, batch_size=config.batch_size, mode="gray", normalize="none", shuffle=True,
+                             augment=config.augment, seed=seed, device=device)
+        torch.manual_seed(seed)
+        return bn_train(out, _epochs(loader, config.epochs), epochs=1, lr=config.lr, momentum=config.momentum)
+    if kind == "bn-stats":
+        loader = BatchLoader(train_set, batch_size=config.stats_batch_size, mode="gray", normalize="none",
+                             device=device)
+        return bn_recalibrate(out, loader)
+    if kind == "distill":
+        if teacher is None:
+            raise ValueError("the distill repair needs the color model as teacher")
+        from ..distill import distill
+
+        train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.distill_lr, momentum=0.9,
+                            weight_decay=0.0, schedule="cosine", augment=config.augment, seed=seed,
+                            device=str(device))
+        distill(out, teacher, train_set, train, teacher_mode="color" if train_set.channels == 3 else "gray3",
+                student_mode="gray", teacher_normalize=teacher_normalize, student_normalize="none",
+                loss=config.distill_loss, progress=False)
+        # Every weight moved, so the running statistics lag behind them: re-estimate them on the same images.
+        return bn_recalibrate(out, BatchLoader(train_set, batch_size=config.stats_batch_size, mode="gray",
+                                               normalize="none", device=device)).eval()
+    raise ValueError(f"unknown repair {kind!r}")
+
+
+def _epochs(loader: BatchLoader, epochs: int):
+    """All batches of `epochs` epochs, each with its own seeded shuffle (BatchLoader.set_epoch)."""
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        yield from loader

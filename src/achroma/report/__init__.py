@@ -1,0 +1,12 @@
+"""Reports of a compression run: the notebook's Table 3 (plus the matched-repair row) and costs.
+
+    >>> from achroma.report import build_report, render_markdown
+    >>> report = build_report(result)          # result from achroma.pipeline.compress
+    >>> print(render_markdown(report))
+"""
+from .costs import MACS_METHOD, count_macs, flop_counter_flops, measure_latencies, measure_latency
+from .outputs import layer_file_stem, write_outputs
+from .table import build_report, render_markdown, write_report
+
+__all__ = ["MACS_METHOD", "build_report", "count_macs", "flop_counter_flops", "layer_file_stem",
+           "measure_latencies", "measure_latency", "render_markdown", "write_outputs", "write_report"]
