@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"hidden {hidden}: {params:,} parameters, distilled {acc_kd:.4f}, labels only {acc_ce:.4f}")
 
     print()
-    print(f"| hidden units | parameters | compression vs teacher | accuracy, distilled (logit MSE) | accuracy, labels only |")
+    print("| hidden units | parameters | compression vs teacher | accuracy, distilled (logit MSE) | accuracy, labels only |")
     print("|---:|---:|---:|---:|---:|")
     print(f"| 128 (teacher) | {t_params:,} | 1.0x | {t_acc:.4f} (teacher, {args.teacher_epochs} epochs) | |")
     for hidden, params, rate, acc_kd, acc_ce in rows:

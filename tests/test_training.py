@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from achroma.data import BatchLoader, ImageDataset
 from achroma.models import create_model
-from achroma.training import TrainConfig, classification_loss, evaluate, lr_at, make_optimizer, train, train_step
+from achroma.training import TrainConfig, classification_loss, evaluate, lr_at, train
 
 
 def make_batch_dataset(n: int = 8) -> ImageDataset:
