@@ -26,6 +26,31 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=None)
 
 
+def add_optimizer_args(p: argparse.ArgumentParser) -> None:
+    """The SGD run's budget and settings, shared by `train` and `distill` (see `TrainConfig`)."""
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--limit", type=int, default=None, help="train on N images of each class (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def train_config(args, mode: str, normalize):
+    """A `TrainConfig` from the arguments of `add_optimizer_args`."""
+    from ..training import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+                       mode=mode, normalize=normalize, augment=not args.no_augment, seed=args.seed,
+                       device=args.device)
+
+
 def resolve_model(args, default_mode: str = "color"):
     """(model, mode, normalization, meta) from --model/--weights and, for our checkpoints, their JSON."""
     from ..data import mode_channels

@@ -5,7 +5,7 @@ import argparse
 import ast
 from pathlib import Path
 
-from .common import add_data_args
+from .common import add_data_args, add_optimizer_args, train_config
 
 
 def register(sub) -> None:
@@ -29,17 +29,7 @@ def register(sub) -> None:
     p.add_argument("--T", type=float, default=4.0, help="temperature of --loss kd")
     p.add_argument("--alpha", type=float, default=0.9, help="--loss kd: weight of the soft term (labels get 1 - alpha)")
     p.add_argument("--out", required=True, help="output folder: model.safetensors + model.json at the end")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--limit", type=int, default=None, help="train on N images of each class (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_optimizer_args(p)
     p.set_defaults(func=run)
 
 
@@ -100,9 +90,8 @@ def load_student(args: argparse.Namespace, num_classes: int):
 def run(args) -> int:
     from ..data import load_dataset
     from ..distill import distill
-    from ..training import TrainConfig, count_parameters
-
     from ..io import is_checkpoint
+    from ..training import count_parameters
 
     out = Path(args.out).resolve()
     for given in (args.teacher, args.teacher_weights, args.student):
@@ -115,10 +104,7 @@ def run(args) -> int:
         train_set = train_set.stratified_subset(args.limit, seed=args.seed)
     num_classes = int(t_meta.get("arch", {}).get("num_classes", train_set.num_classes))
     student = load_student(args, num_classes)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                         weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                         mode=args.student_mode, normalize=t_norm, augment=not args.no_augment, seed=args.seed,
-                         device=args.device)
+    config = train_config(args, args.student_mode, t_norm)
     history = distill(student, teacher, train_set, config, teacher_mode=t_mode, student_mode=args.student_mode,
                       teacher_normalize=t_norm, student_normalize=args.student_normalize, loss=args.loss, T=args.T,
                       alpha=args.alpha, test_set=test_set, out_dir=args.out)

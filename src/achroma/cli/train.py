@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_data_args, add_model_args, resolve_model
+from .common import add_data_args, add_model_args, add_optimizer_args, resolve_model, train_config
 
 
 def register(sub) -> None:
@@ -11,24 +11,14 @@ def register(sub) -> None:
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, help="output folder: last.* every epoch (resumed from), model.* at the end")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "step"])
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--limit", type=int, default=None, help="train on N images of each class (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_optimizer_args(p)
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a resumable state")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..data import load_dataset
-    from ..training import TrainConfig, train
+    from ..training import train
 
     if args.weights and Path(args.out).resolve() == Path(args.weights).resolve().parent:
         raise ValueError("--out must not be the folder of the input weights (nothing is overwritten)")
@@ -37,10 +27,7 @@ def run(args) -> int:
     test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
     if args.limit:
         train_set = train_set.stratified_subset(args.limit, seed=args.seed)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                         weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                         mode=mode, normalize=normalize, augment=not args.no_augment, seed=args.seed,
-                         device=args.device)
+    config = train_config(args, mode, normalize)
     history = train(model, train_set, config, test_set=test_set, out_dir=args.out, resume=not args.no_resume)
     final = history["epochs"][-1] if history["epochs"] else {}
     if "test_accuracy" in final:

@@ -3,7 +3,6 @@ views of the same images; SGD, schedule, evaluation and checkpoints as in `achro
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -60,7 +59,7 @@ def distill(
                                augment=config.augment, drop_last=True, device=device, seed=config.seed)
     settings = {"loss": loss, "T": T, "alpha": alpha, "teacher_mode": teacher_mode,
                 "teacher_normalization": t_norm.to_dict(), "teacher_arch": getattr(teacher, "achroma_arch", None)}
-    history: dict = {"epochs": [], "config": _jsonable(asdict(config)), "distillation": settings}
+    history: dict = {"epochs": [], "config": config.to_dict(), "distillation": settings}
     if test_set is not None and evaluate_teacher:
         history["teacher_test_accuracy"] = evaluate(teacher, test_set, mode=teacher_mode, normalize=t_norm,
                                                     device=device, progress=False)["accuracy"]
@@ -111,11 +110,3 @@ def _check_input(model: nn.Module, mode: str, role: str) -> None:
     expected, got = first_conv_in_channels(model), mode_channels(mode)
     if expected is not None and expected != got:
         raise ValueError(f"the {role} takes {expected}-channel input but mode {mode!r} gives {got} channels")
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj

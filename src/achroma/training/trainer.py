@@ -43,6 +43,10 @@ class TrainConfig:
     device: str = "auto"
     eval_every: int = 1
 
+    def to_dict(self) -> dict:
+        """JSON-ready (tuples become lists), as saved beside checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,7 +113,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
     out = Path(out_dir) if out_dir else None
-    history: dict = {"epochs": [], "config": _jsonable(asdict(config))}
+    history: dict = {"epochs": [], "config": config.to_dict()}
     start_epoch = 0
     if out is not None and resume and (out / "last.state.pt").is_file():
         state = torch.load(out / "last.state.pt", map_location=device, weights_only=True)
@@ -189,11 +193,3 @@ def _decode_history(encoded: dict[str, torch.Tensor]) -> list[dict]:
     for row in rows:
         row["epoch"] = int(row["epoch"])
     return rows
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
