@@ -18,9 +18,6 @@ from typing import Any
 
 DEMO_DATA = "demo-cifar10-jpeg.tar.gz"
 DEMO_MODEL = "demo-model.safetensors"
-#: Used while the embedded model is not there yet: a training run's latest checkpoint, in the current
-#: folder or in the source checkout this package is installed from (editable installs).
-FALLBACK_MODEL = Path("runs/demo-tiny/last.safetensors")
 DISPLAY_NAME = "CIFAR-10 (JPEG), demo subset"
 
 
@@ -29,12 +26,11 @@ def assets_dir() -> Path:
 
 
 def default_model_path() -> Path:
-    """The embedded demo model, else the fallback training checkpoint; FileNotFoundError if neither."""
-    for path in (assets_dir() / DEMO_MODEL, FALLBACK_MODEL, Path(__file__).resolve().parents[2] / FALLBACK_MODEL):
-        if path.is_file() and path.with_suffix(".json").is_file():
-            return path
-    raise FileNotFoundError(f"demo model not found: neither {assets_dir() / DEMO_MODEL} nor {FALLBACK_MODEL} "
-                            "(with its .json); pass model_path")
+    """The embedded demo model (`achroma/assets/demo-model.safetensors` and its .json)."""
+    path = assets_dir() / DEMO_MODEL
+    if not (path.is_file() and path.with_suffix(".json").is_file()):
+        raise FileNotFoundError(f"demo model not found: {path} (with its .json); reinstall achroma or pass model_path")
+    return path
 
 
 def _check_out(out: Path) -> None:
