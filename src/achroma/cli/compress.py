@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="bn-train learning rate (default 0.01)")
     p.add_argument("--momentum", type=float, default=0.7, help="bn-train momentum (default 0.7)")
     p.add_argument("--repair-batch-size", type=int, default=32, help="bn-train and distill batch size (default 32, Keras')")
+    p.add_argument("--no-stats-augment", action="store_true",
+                   help="bn-stats: estimate BN statistics on plain images (default: crop + flip, as in training)")
     p.add_argument("--distill-lr", type=float, default=0.01, help="distill repair: SGD learning rate (default 0.01)")
     p.add_argument("--distill-loss", default="mse", choices=["mse", "kd"],
                    help="distill repair: logit MSE (default) or Hinton KD")
@@ -122,7 +124,8 @@ def run(args) -> int:
         test_set = test_set.stratified_subset(args.test_limit, seed=args.seed)
 
     config = RepairConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.repair_batch_size,
-                          distill_lr=args.distill_lr, distill_loss=args.distill_loss)
+                          stats_augment=not args.no_stats_augment, distill_lr=args.distill_lr,
+                          distill_loss=args.distill_loss)
     result = compress(model, normalize, train_set, test_set, layers=paths, metric=args.metric,
                       cluster_method=args.cluster, eps=args.eps, keep=args.keep, repair=repairs,
                       fields_kw={"steps": args.steps, "restarts": args.restarts}, seed=args.seed,

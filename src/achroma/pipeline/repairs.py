@@ -23,7 +23,10 @@ from ..training import TrainConfig
 @dataclass(frozen=True)
 class RepairConfig:
     """The repair budget. Defaults are the notebook's: one epoch of BN-only SGD, lr 0.01, momentum
-    0.7, batch 32 (Keras' default batch size), no augmentation. bn-stats uses `stats_batch_size`.
+    0.7, batch 32 (Keras' default batch size), no augmentation. bn-stats uses `stats_batch_size` and,
+    by default, the training augmentation (crop + flip): BN statistics are part of what the model
+    learned, and re-estimating them on plain images cost the demo model 9 points of color accuracy
+    (0.732 -> 0.641 on 2,000 test images; 0.730 with augmented images).
     distill uses the same epochs, batch and augmentation with its own SGD (`distill_lr`, momentum
     0.9, cosine, no weight decay) and loss (`distill_loss`: 'mse' on logits or 'kd'), then
     re-estimates the BN statistics on the same images."""
@@ -34,6 +37,7 @@ class RepairConfig:
     batch_size: int = 32
     stats_batch_size: int = 256
     augment: bool = False
+    stats_augment: bool = True
     distill_lr: float = 0.01
     distill_loss: str = "mse"
 
@@ -59,9 +63,7 @@ def repair_model(model: nn.Module, kind: str, train_set: ImageDataset, config: R
         torch.manual_seed(seed)
         return bn_train(out, _epochs(loader, config.epochs), epochs=1, lr=config.lr, momentum=config.momentum)
     if kind == "bn-stats":
-        loader = BatchLoader(train_set, batch_size=config.stats_batch_size, mode="gray", normalize="none",
-                             device=device)
-        return bn_recalibrate(out, loader)
+        return bn_recalibrate(out, _stats_loader(train_set, config, seed, device))
     if kind == "distill":
         if teacher is None:
             raise ValueError("the distill repair needs the color model as teacher")
@@ -74,9 +76,14 @@ def repair_model(model: nn.Module, kind: str, train_set: ImageDataset, config: R
                 student_mode="gray", teacher_normalize=teacher_normalize, student_normalize="none",
                 loss=config.distill_loss, progress=False)
         # Every weight moved, so the running statistics lag behind them: re-estimate them on the same images.
-        return bn_recalibrate(out, BatchLoader(train_set, batch_size=config.stats_batch_size, mode="gray",
-                                               normalize="none", device=device)).eval()
+        return bn_recalibrate(out, _stats_loader(train_set, config, seed, device)).eval()
     raise ValueError(f"unknown repair {kind!r}")
+
+
+def _stats_loader(train_set: ImageDataset, config: RepairConfig, seed: int, device: Any) -> BatchLoader:
+    """Raw gray batches for BN statistics: seeded shuffle, the training augmentation unless turned off."""
+    return BatchLoader(train_set, batch_size=config.stats_batch_size, mode="gray", normalize="none", shuffle=True,
+                       augment=config.stats_augment, seed=seed, device=device)
 
 
 def _epochs(loader: BatchLoader, epochs: int):

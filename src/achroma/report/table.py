@@ -112,10 +112,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"Repair budget, the same for the merged and the uncompressed folded model: bn-train = "
                      f"{rc['epochs']} epoch(s) of SGD on the BN affine parameters only (lr {rc['lr']}, momentum "
                      f"{rc['momentum']}, batch {rc['batch_size']}); bn-stats = BN running statistics re-estimated "
-                     f"(batch {rc['stats_batch_size']}), no gradient step"
+                     f"(batch {rc['stats_batch_size']}"
+                     + (", crop + flip as in training" if rc.get("stats_augment") else ", plain images")
+                     + "), no gradient step"
                      + (f"; distill = {rc['epochs']} epoch(s) of SGD on every weight (lr {rc.get('distill_lr')}, "
                         f"momentum 0.9, cosine, batch {rc['batch_size']}) regressing the color model's logits "
-                        f"({rc.get('distill_loss')} loss) on the same images" if "distill" in repairs else "")
+                        f"({rc.get('distill_loss')} loss) on the same images, then BN statistics as bn-stats" if "distill" in repairs else "")
                      + ".")
     lines += ["", "| model | input | repair | accuracy | parameters | MMACs / image | latency b=1 (ms) | "
               "latency b=256 (ms) |", "|---|---|---|---:|---:|---:|---:|---:|"]
