@@ -17,13 +17,18 @@ def add_data_args(p: argparse.ArgumentParser, mode: bool = True) -> None:
                        help="cifar | imagenet | none | half | 'MEAN,..:STD,..' (default: the checkpoint's, else cifar)")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, normalize: bool = False) -> None:
+    """--model/--weights/--in-chans/--num-classes, and with `normalize` the model's --normalize."""
     p.add_argument("--model", default=None, help="registry name (seed-densenet, densenet-bc-100, resnet-cifar-20, "
                    "tv:resnet18, ...); optional with one of our checkpoints")
     p.add_argument("--weights", default=None,
                    help="our checkpoint (.safetensors with its .json) or a foreign .th/.pt/.pth state dict")
     p.add_argument("--in-chans", type=int, default=None)
     p.add_argument("--num-classes", type=int, default=None)
+    if normalize:
+        p.add_argument("--normalize", default=None,
+                       help="the model's input normalization: cifar | imagenet | none | half | 'MEAN,..:STD,..' "
+                            "(default: the checkpoint's, else cifar)")
 
 
 def add_optimizer_args(p: argparse.ArgumentParser) -> None:

@@ -14,10 +14,7 @@ from .common import add_model_args, check_out_dir, resolve_model
 
 def register(sub) -> None:
     p = sub.add_parser("compress", help="fold a color model to gray, merge similar filters, repair; model + report")
-    add_model_args(p)
-    p.add_argument("--normalize", default=None,
-                   help="the color model's input normalization: cifar | imagenet | none | half | 'MEAN,..:STD,..' "
-                        "(default: the checkpoint's, else cifar)")
+    add_model_args(p, normalize=True)
     p.add_argument("--dataset", default="cifar10", help="cifar10 | fashion-mnist | pneumoniamnist | folder:PATH | "
                    "tar:PATH (test images score every row; train images feed the repair)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set")

@@ -7,10 +7,7 @@ from .common import add_model_args, check_out_dir, device, resolve_model
 
 def register(sub) -> None:
     p = sub.add_parser("fields", help="receptive fields of a conv layer by gradient ascent (npz + figures)")
-    add_model_args(p)
-    p.add_argument("--normalize", default=None,
-                   help="the model's input normalization: cifar | imagenet | none | half | 'MEAN,..:STD,..' "
-                        "(default: the checkpoint's, else cifar)")
+    add_model_args(p, normalize=True)
     p.add_argument("--layer", required=True, help="module path of a conv layer (e.g. features.0.0.conv), "
                    "or 'first' for the first conv in forward order")
     p.add_argument("--out", required=True, help="output folder (fields.npz, fields_color.png, fields_gray.png)")
