@@ -48,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--repair-batch-size", type=int, default=32, help="bn-train and distill batch size (default 32, Keras')")
     p.add_argument("--no-stats-augment", action="store_true",
                    help="bn-stats: estimate BN statistics on plain images (default: crop + flip, as in training)")
-    p.add_argument("--distill-lr", type=float, default=0.01, help="distill repair: SGD learning rate (default 0.01)")
+    p.add_argument("--distill-lr", type=float, default=0.003, help="distill repair: SGD learning rate (default 0.003)")
     p.add_argument("--distill-loss", default="mse", choices=["mse", "kd"],
                    help="distill repair: logit MSE (default) or Hinton KD")
     p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class (default all)")

@@ -117,7 +117,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                      + "), no gradient step"
                      + (f"; distill = {rc['epochs']} epoch(s) of SGD on every weight (lr {rc.get('distill_lr')}, "
                         f"momentum 0.9, cosine, batch {rc['batch_size']}) regressing the color model's logits "
-                        f"({rc.get('distill_loss')} loss) on the same images, then BN statistics as bn-stats" if "distill" in repairs else "")
+                        f"({rc.get('distill_loss')} loss) on the same images, then BN statistics re-estimated on them" if "distill" in repairs else "")
                      + ".")
     lines += ["", "| model | input | repair | accuracy | parameters | MMACs / image | latency b=1 (ms) | "
               "latency b=256 (ms) |", "|---|---|---|---:|---:|---:|---:|---:|"]
