@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The notebook's experiment (issue 4) with a given color checkpoint on CIFAR-10 (JPEG):
-# first layer; first two layers; the notebook's setting (MSE then IMED, DBSCAN); each repair.
+# first layer; first two layers; the notebook's setting (MSE then IMED, DBSCAN); each repair;
+# fields from the gray model as merged so far (current) and from the color model (the default).
 # Every run scores the full 10,000-image test set and repairs on 500 training images per class.
 #
 #   scripts/compress_experiments.sh WEIGHTS OUT_ROOT [extra achroma compress arguments]
@@ -24,7 +25,8 @@ run() {
 }
 
 mkdir -p "$root"
-run first1-mse-keep55 --layers first:1 --metric mse --keep 0.55
-run first2-mse-keep55 --layers first:2 --metric mse --keep 0.55
-run first2-mse-imed-keep55 --layers first:2 --metric mse,imed --keep 0.55
+run first1-mse-keep55 --layers first:1 --metric mse --keep 0.55 --fields-from current
+run first2-mse-keep55 --layers first:2 --metric mse --keep 0.55 --fields-from current
+run first2-mse-imed-keep55 --layers first:2 --metric mse,imed --keep 0.55 --fields-from current
 run first2-mse-imed-keep55-colorfields --layers first:2 --metric mse,imed --keep 0.55 --fields-from color
+run first1-mse-keep55-colorfields --layers first:1 --metric mse --keep 0.55 --fields-from color

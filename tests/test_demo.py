@@ -31,7 +31,9 @@ def demo(tmp_path_factory):
 def test_demo_prints_the_table_and_writes_a_gray_model(demo):
     out, report = demo
     rows = {r["key"]: r for r in report["rows"]}
-    assert list(rows) == ["color", "color-gray3", "folded", "merged", "merged+bn-train", "folded+bn-train"]
+    assert list(rows) == ["color", "color-gray3", "folded", "merged", "merged+distill", "folded+distill",
+                          "merged+bn-train", "folded+bn-train"]
+    assert report["final_model"] == "merged+distill"
     assert rows["color"]["accuracy"] > 0.5, "the embedded model should be trained"
     # the fold is exact: the gray model scores what the color model scores on gray images copied to 3 channels
     assert abs(rows["folded"]["accuracy"] - rows["color-gray3"]["accuracy"]) <= 0.002

@@ -71,7 +71,8 @@ def _compress(train_set, test_set, **kw):
 @pytest.fixture(scope="module")
 def two_layers(train_set, test_set):
     """The notebook's setting on the tiny model: first two layers, MSE then IMED, DBSCAN, both repairs."""
-    return _compress(train_set, test_set, layers="first:2", metric="mse,imed", repair="bn-train,bn-stats")
+    return _compress(train_set, test_set, layers="first:2", metric="mse,imed", repair="bn-train,bn-stats",
+                     fields_from="current")
 
 
 # --- the pipeline ------------------------------------------------------------------------------------
@@ -346,10 +347,11 @@ def test_cli_refuses_the_input_folder_and_non_empty_out(checkpoint, folder_data,
     assert sorted(p.name for p in full.iterdir()) == ["keep.txt"]
 
 
-def test_fields_from_the_color_model(train_set, test_set):
-    result = _compress(train_set, test_set, fields_from="color", repair="none")
-    assert result.layers[0].fields.raw.shape[1] == 3  # computed in the color model, clustered on their luma
+def test_fields_from_the_color_model_by_default(train_set, test_set):
+    result = _compress(train_set, test_set, layers="first:2", repair="none")
     assert result.settings["fields_from"] == "color"
+    for layer in result.layers:  # computed in the color model, clustered on their luma
+        assert layer.fields.raw.shape[1] == 3 and layer.fields.gray.ndim == 3
     with pytest.raises(ValueError, match="fields_from"):
         _compress(train_set, test_set, fields_from="teacher")
 

@@ -2,8 +2,9 @@
 
 A small color DenseNet of the notebook's family (`seed-densenet-tiny`) and 5,000 train / 2,000
 test CIFAR-10 (JPEG) images ship in `achroma/assets`. The demo folds the model to gray, merges the
-first conv layer's filters (MSE between receptive fields, DBSCAN keeping about 55%), repairs the BN
-layers for one epoch, gives the uncompressed folded model the same repair, and prints the table.
+first conv layer's filters (MSE between receptive fields, DBSCAN keeping about 55%), repairs it two
+ways for one epoch (distillation from the color model, kept in the saved model; the notebook's
+BN-only training), gives the uncompressed folded model the same repairs, and prints the table.
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def _run(out_dir: str | Path | None, model_path: str | Path | None, data_path: s
     for data in (train_set, test_set):
         data.extra["display_name"] = DISPLAY_NAME
     result = compress(model, meta.get("normalization", "cifar"), train_set, test_set, layers="first:1",
-                      metric="mse", cluster_method="dbscan", keep=keep, repair="bn-train", progress=progress, log=log)
+                      metric="mse", cluster_method="dbscan", keep=keep, repair="distill,bn-train", progress=progress,
+                      log=log)
     report = build_report(result, latency=latency, runs_b1=20, runs_b256=3, log=log)
     report["demo"] = True
     report["source"] = {"model": str(model_path), "data": str(data_path)}

@@ -37,9 +37,9 @@ def register(sub) -> None:
     p.add_argument("--imed-r", type=float, default=1.0, help="IMED Gaussian width in pixels (default 1)")
     p.add_argument("--steps", type=int, default=100, help="gradient-ascent steps for the receptive fields (100)")
     p.add_argument("--restarts", type=int, default=1, help="average the fields of this many seeded runs (1)")
-    p.add_argument("--fields-from", default="current", choices=["current", "color"],
-                   help="compute each layer's fields in the model as merged so far (current, default) or in the "
-                        "color model, then luma (color: the notebook's way)")
+    p.add_argument("--fields-from", default="color", choices=["color", "current"],
+                   help="compute each layer's fields in the color model, then luma (color, default: the notebook's "
+                        "way, and the better merge in docs/RESULTS.md) or in the gray model as merged so far")
     p.add_argument("--repair", default="bn-train", help="bn-train | bn-stats | distill | none, or several "
                    "(bn-train,bn-stats,distill); the saved model carries the first")
     p.add_argument("--epochs", type=int, default=1, help="bn-train and distill epochs (default 1, the notebook's)")

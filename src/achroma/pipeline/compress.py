@@ -163,7 +163,7 @@ def compress(
     imed_r: float = 1.0,
     min_samples: int = 1,
     border: str = "exact",
-    fields_from: str = "current",
+    fields_from: str = "color",
     batch_size: int = 500,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -177,10 +177,11 @@ def compress(
     repair: 'bn-train', 'bn-stats', 'distill' (the color model teaches the merged gray one), 'none',
     or several ('bn-train,bn-stats'); the first is the one
     `final_model` carries. fields_kw go to `compute_receptive_fields` (steps, restarts, ...).
-    fields_from: 'current' computes each layer's fields in the model as it is when that layer is
-    merged (folded, earlier layers merged); 'color' computes them in the color model and takes their
-    luma, as the notebook did. In a gray model a first conv's field carries little more than the sign
-    of its kernel sum (the per-image centering removes the uniform level), so 'color' can matter there.
+    fields_from: 'color' (default) computes each layer's fields in the color model and clusters
+    their luma, as the notebook did; 'current' computes them in the model as it is when that layer
+    is merged (folded, earlier layers merged). In a gray model a first conv's field carries little
+    more than the sign of its kernel sum; on CIFAR-10 (JPEG) 'color' gave the better repaired merge in
+    every comparison made (docs/RESULTS.md: 2 models, 1 and 2 layers, 3 repairs).
     `train_set` feeds the repairs (use a subset for a smaller budget); `test_set` scores every row.
     Stage errors (unknown layer, bad clustering, one cluster, first layer not a conv) are ValueErrors.
     """
