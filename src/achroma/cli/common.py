@@ -46,6 +46,17 @@ def add_optimizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+def load_train_test(args):
+    """(train, test) data sets from --dataset/--data-dir/--download; --limit images per class for training."""
+    from ..data import load_dataset
+
+    train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
+    test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
+    if args.limit:
+        train_set = train_set.stratified_subset(args.limit, seed=args.seed)
+    return train_set, test_set
+
+
 def train_config(args, mode: str, normalize):
     """A `TrainConfig` from the arguments of `add_optimizer_args`."""
     from ..training import TrainConfig

@@ -5,7 +5,7 @@ import argparse
 import ast
 from pathlib import Path
 
-from .common import add_data_args, add_optimizer_args, train_config
+from .common import add_data_args, add_optimizer_args, load_train_test, train_config
 
 
 def register(sub) -> None:
@@ -88,7 +88,6 @@ def load_student(args: argparse.Namespace, num_classes: int):
 
 
 def run(args) -> int:
-    from ..data import load_dataset
     from ..distill import distill
     from ..io import is_checkpoint
     from ..training import count_parameters
@@ -98,10 +97,7 @@ def run(args) -> int:
         if given and (is_checkpoint(given) or Path(given).is_file()) and Path(given).resolve().parent == out:
             raise ValueError("--out must not be the folder of an input checkpoint (nothing is overwritten)")
     teacher, t_mode, t_norm, t_meta = load_teacher(args)
-    train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
-    test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
-    if args.limit:
-        train_set = train_set.stratified_subset(args.limit, seed=args.seed)
+    train_set, test_set = load_train_test(args)
     num_classes = int(t_meta.get("arch", {}).get("num_classes", train_set.num_classes))
     student = load_student(args, num_classes)
     config = train_config(args, args.student_mode, t_norm)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_data_args, add_model_args, add_optimizer_args, resolve_model, train_config
+from .common import (add_data_args, add_model_args, add_optimizer_args, load_train_test, resolve_model,
+                     train_config)
 
 
 def register(sub) -> None:
@@ -17,16 +18,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data import load_dataset
     from ..training import train
 
     if args.weights and Path(args.out).resolve() == Path(args.weights).resolve().parent:
         raise ValueError("--out must not be the folder of the input weights (nothing is overwritten)")
     model, mode, normalize, _ = resolve_model(args)
-    train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
-    test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
-    if args.limit:
-        train_set = train_set.stratified_subset(args.limit, seed=args.seed)
+    train_set, test_set = load_train_test(args)
     config = train_config(args, mode, normalize)
     history = train(model, train_set, config, test_set=test_set, out_dir=args.out, resume=not args.no_resume)
     final = history["epochs"][-1] if history["epochs"] else {}

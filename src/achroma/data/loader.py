@@ -89,11 +89,19 @@ class BatchLoader:
             x = random_crop_flip(x, generator=generator)
         return self.normalize(apply_mode(x, self.mode))
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Generator]]:
+        """(uint8 images, labels, augmentation generator) per batch of this epoch and rank.
+
+        Subclasses that turn a batch into other inputs iterate this, so they see the very same
+        images and augmentation draws as a plain loader with the same seed and epoch."""
         order = self._indices().to(self.device)
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch * 31 + self.rank)
         for start in range(0, len(order), self.batch_size):
             idx = order[start: start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 break
-            yield self.transform(self.images[idx], generator=g), self.labels[idx]
+            yield self.images[idx], self.labels[idx], g
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, g in self.batches():
+            yield self.transform(images, generator=g), labels

@@ -45,12 +45,6 @@ class PairedBatchLoader(BatchLoader):
         return self.teacher_normalize(xt), self.normalize(xs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[override]
-        order = self._indices().to(self.device)
-        # The generator seed is BatchLoader's, so augmentations match a plain loader's batch for batch.
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch * 31 + self.rank)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
-            if self.drop_last and len(idx) < self.batch_size:
-                break
-            xt, xs = self.views(self.images[idx], generator=g)
-            yield xt, xs, self.labels[idx]
+        for images, labels, g in self.batches():  # BatchLoader's batches: augmentations match batch for batch
+            xt, xs = self.views(images, generator=g)
+            yield xt, xs, labels

@@ -138,12 +138,6 @@ def _cluster(dist: np.ndarray, method: str, eps: float | None, keep: float | Non
     return result, used
 
 
-def _score(model: nn.Module, data: ImageDataset, mode: str, normalize: Any, batch_size: int, device: Any,
-           progress: bool) -> dict[str, Any]:
-    return evaluate(model, data, mode=mode, normalize=normalize, batch_size=batch_size, device=device,
-                    progress=progress)
-
-
 def compress(
     model: nn.Module,
     normalization: str | dict | Any,
@@ -203,7 +197,8 @@ def compress(
 
     def score(net: nn.Module, mode: str, normalize: Any, what: str) -> dict[str, Any]:
         t = time.perf_counter()
-        result = _score(net, test_set, mode, normalize, batch_size, device, progress)
+        result = evaluate(net, test_set, mode=mode, normalize=normalize, batch_size=batch_size, device=device,
+                          progress=progress)
         timings[f"evaluate {what}"] = time.perf_counter() - t
         say(f"{what}: accuracy {result['accuracy']:.4f} on {result['n']} {mode} test images, "
             f"{result['params']:,} parameters")

@@ -15,12 +15,9 @@ import torch
 
 from .costs import MACS_METHOD, count_macs, measure_latencies
 
-#: Which stored model each row's costs come from; repaired models share their base's architecture.
-_ARCH_OF = {"color": "color", "folded": "folded", "merged": "merged"}
-
-
 def _arch(model_key: str) -> str:
-    return _ARCH_OF.get(model_key.split("+", 1)[0], model_key)
+    """The model whose costs a row has: 'merged+distill' -> 'merged' (a repair never changes shapes)."""
+    return model_key.split("+", 1)[0]
 
 
 def build_report(result: Any, latency: bool = True, runs_b1: int = 20, runs_b256: int = 5, warmup: int = 2,
