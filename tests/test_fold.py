@@ -166,3 +166,85 @@ def test_bad_border_and_probe():
         fold_to_gray(model, "cifar", border="zero")
     with pytest.raises(ValueError, match=r"gray batch \(B, 1, H, W\)"):
         fold_to_gray(model, "cifar", example_input=torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["seed-densenet-tiny", "resnet-cifar-20", "tv:mobilenet_v2"])
+def test_fold_is_exact_in_float64(name):
+    """In float64 the fold (border included) matches the color model to float64 precision, not float32's."""
+    model = _model(name)
+    g = _gray()
+    gray, report = fold_to_gray(model, "cifar", border="exact", example_input=g)
+    conv = gray.get_submodule(report.layer)
+    assert all(t.dtype == torch.float64 for t in (conv.weight, conv.bias, conv.border_kernel))
+    norm = get_normalization("cifar")
+    with torch.no_grad():
+        color, folded = model(norm(g.expand(-1, 3, -1, -1))), gray(g)
+    assert (color - folded).abs().max().item() <= 1e-10 * color.abs().max().item()
+
+
+def _placement(model: nn.Module) -> set:
+    return {(t.device.type, t.dtype) for t in list(model.parameters()) + list(model.buffers())
+            if t.is_floating_point()}
+
+
+@pytest.mark.parametrize("name,layer", [("resnet-cifar-20", "layer2.0.conv2"), ("seed-densenet-tiny", "stem")])
+def test_fold_and_merge_create_tensors_on_the_models_device_and_dtype(name, layer):
+    """On the `meta` device (no GPU needed) every tensor the fold and the merge create must follow the model."""
+    with torch.device("meta"):
+        model = create_model(name).double().eval()
+    gray, report = fold_to_gray(model, "cifar", example_input=torch.rand(2, 1, 32, 32, device="meta",
+                                                                           dtype=torch.float64))
+    assert _placement(gray) == {("meta", torch.float64)}
+    assert "meta device" in report.notes[0]
+    x = torch.rand(2, 1, 32, 32, device="meta", dtype=torch.float64)
+    n = gray.get_submodule(layer).out_channels
+    merged = merge_channels(gray, layer, np.arange(n) // 2, x)
+    assert _placement(merged) == {("meta", torch.float64)}
+    assert merged(x).shape == (2, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+def test_fold_and_merge_on_cuda_match_the_cpu():
+    model = _model("resnet-cifar-20").float()
+    g = _gray(dtype=torch.float32)
+    cpu_gray, _ = fold_to_gray(model, "cifar", example_input=g)
+    cuda_gray, report = fold_to_gray(model.cuda(), "cifar", example_input=g.cuda())
+    assert _placement(cuda_gray) == {("cuda", torch.float32)}
+    assert report.max_abs_logit_diff < 1e-4
+    labels = np.arange(32) // 2
+    merged_cpu = merge_channels(cpu_gray, "layer2.0.conv2", labels, g)
+    merged_cuda = merge_channels(cuda_gray, "layer2.0.conv2", labels, g.cuda())
+    with torch.no_grad():
+        assert torch.allclose(merged_cpu(g), merged_cuda(g.cuda()).cpu(), atol=1e-4)
+
+
+def test_border_map_is_computed_once_per_input_size_and_follows_edits():
+    """At inference the border correction costs nothing per image: one conv's MACs, as a plain conv."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = BorderCorrectedConv2d(1, 4, 3, padding=1).eval()
+    plain = nn.Conv2d(1, 4, 3, padding=1).eval()
+    with torch.no_grad():
+        conv.border_kernel.uniform_(-1, 1)
+        x = torch.rand(1, 1, 16, 16)
+        first = conv(x)
+        with FlopCounterMode(display=False) as counted:
+            again = conv(x)
+        with FlopCounterMode(display=False) as reference:
+            plain(x)
+        assert counted.get_total_flops() == reference.get_total_flops()
+        assert torch.equal(first, again)
+        expected = conv._conv_forward(x, conv.weight, conv.bias) + conv.border_correction(x)
+        assert torch.allclose(again, expected, atol=1e-6)
+        conv.border_kernel.mul_(2)  # an in-place edit must not leave a stale map
+        assert torch.allclose(conv(x), conv._conv_forward(x, conv.weight, conv.bias) + conv.border_correction(x),
+                              atol=1e-6)
+        y = torch.rand(2, 1, 8, 8)  # another size gets its own map
+        assert torch.allclose(conv(y), conv._conv_forward(y, conv.weight, conv.bias) + conv.border_correction(y),
+                              atol=1e-6)
+        expected = conv._conv_forward(x, conv.weight, conv.bias) + conv.border_correction(x)
+    with torch.inference_mode():
+        assert torch.allclose(conv(x), expected, atol=1e-6)
+    x.requires_grad_(True)
+    conv(x).sum().backward()  # with gradients on, no cached tensor enters the graph
+    assert x.grad is not None and conv.weight.grad is not None

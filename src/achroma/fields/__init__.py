@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from .ascent import compute_receptive_fields, initial_images
-from .layers import (
+from ..models.inspect import (
     conv_forward_order,
     conv_layer_names,
     first_conv_name,

@@ -18,7 +18,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..data import Normalization, get_normalization
-from .layers import _StopForward, input_channels, resolve_conv, resolve_layer_name
+from ..models.inspect import _StopForward, input_channels, resolve_conv, resolve_layer_name
 from .result import ReceptiveFields
 
 

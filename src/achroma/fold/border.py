@@ -6,6 +6,10 @@ With mean m_c and std s_c, the folded conv on zero-padded raw gray lacks, at eac
 sum over the kernel taps that fall on padding of M[k] = sum_c w_c[k] m_c / s_c. That term depends
 only on where the output pixel lies, so it is a fixed tensor: the convolution of a mask (1 on the
 padding, 0 inside) with the kernel M, which this layer adds back (`border_kernel` holds M).
+
+The term and the bias together make one per-position bias map. It is computed once per input
+size (and device, dtype, kernel version) and cached, so a forward pass costs what a plain conv
+with bias costs, plus one addition.
 """
 from __future__ import annotations
 
@@ -28,6 +32,11 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     return (pw, pw, ph, ph)
 
 
+def _identity(t: torch.Tensor) -> tuple:
+    """What changes when a tensor is replaced or edited in place (not through `.data`)."""
+    return id(t), t.data_ptr(), t._version
+
+
 class BorderCorrectedConv2d(nn.Conv2d):
     """A Conv2d plus a fixed per-position correction for the taps that fall on its zero padding.
 
@@ -41,12 +50,48 @@ class BorderCorrectedConv2d(nn.Conv2d):
             raise ValueError("BorderCorrectedConv2d needs padding_mode='zeros'")
         if self.groups != 1:
             raise ValueError("BorderCorrectedConv2d needs groups=1")
-        self.register_buffer("border_kernel", torch.zeros(self.out_channels, 1, *self.kernel_size))
+        self.register_buffer("border_kernel", torch.zeros(self.out_channels, 1, *self.kernel_size,
+                                                          device=self.weight.device, dtype=self.weight.dtype))
+        self._bias_maps: dict[tuple, torch.Tensor] = {}
 
     def border_correction(self, x: torch.Tensor) -> torch.Tensor:
         """(1, out_channels, H', W'): what the padding taps would have contributed."""
         mask = F.pad(x.new_zeros(1, 1, *x.shape[-2:]), conv_padding(self), value=1.0)
         return F.conv2d(mask, self.border_kernel.to(x.dtype), None, self.stride, 0, self.dilation)
 
+    def bias_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, out_channels, H', W'): bias plus border correction for inputs shaped like `x`, cached.
+
+        The cache key holds everything the map depends on (size, device, dtype, the identity and
+        in-place version of bias and border kernel), so surgery or training can never see a stale
+        map. With gradients on (training, gradient ascent) and while tracing or exporting, the map is
+        computed afresh and not stored.
+        """
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self._compute_bias_map(x)
+        key = (tuple(x.shape[-2:]), x.device, x.dtype, torch.is_inference_mode_enabled(),
+               _identity(self.border_kernel), None if self.bias is None else _identity(self.bias))
+        cached = self._bias_maps.get(key)
+        if cached is None:
+            self._bias_maps.clear()
+            cached = self._bias_maps[key] = self._compute_bias_map(x)
+        return cached
+
+    def _compute_bias_map(self, x: torch.Tensor) -> torch.Tensor:
+        correction = self.border_correction(x)
+        if self.bias is None:
+            return correction
+        return correction + self.bias.to(x.dtype).view(1, -1, 1, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + self.border_correction(x)
+        return self._conv_forward(x, self.weight, None) + self.bias_map(x)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(): drop maps of the old device/dtype
+        self._bias_maps = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):  # deepcopy/pickle: the cache is derived data
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_bias_maps"] = {}
+        return state

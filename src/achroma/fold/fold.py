@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import Normalization, get_normalization
+from ..models.inspect import input_channels
 from .border import BorderCorrectedConv2d, conv_padding
 
 Border = Literal["bias", "exact"]
@@ -91,9 +92,9 @@ def find_input_conv(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Co
 def _folded_conv(conv: nn.Conv2d, norm: Normalization, border: Border) -> nn.Conv2d:
     """A 1-input-channel conv (with bias) computing `conv` on the normalized C-fold copy of its input."""
     c = conv.in_channels
-    w = conv.weight.detach().double()
-    mean = torch.tensor(norm.mean, dtype=torch.float64).view(1, c, 1, 1)
-    std = torch.tensor(norm.std, dtype=torch.float64).view(1, c, 1, 1)
+    w = conv.weight.detach().double()  # fold in float64 on the conv's device, store in its dtype
+    mean = torch.tensor(norm.mean, dtype=torch.float64, device=w.device).view(1, c, 1, 1)
+    std = torch.tensor(norm.std, dtype=torch.float64, device=w.device).view(1, c, 1, 1)
     weight = (w / std).sum(1, keepdim=True)
     shift = (w * mean / std).sum(1, keepdim=True)  # M[k]: what one tap adds for a mean-valued pixel
     bias = -shift.sum((1, 2, 3))
@@ -122,7 +123,14 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
 
 @torch.no_grad()
 def _measure(color: nn.Module, gray: nn.Module, path: str, norm: Normalization, probe: torch.Tensor) -> dict:
-    """Max abs differences: logits, and the first conv's output on and off the border."""
+    """Max abs differences: logits, and the first conv's output on and off the border.
+
+    On the `meta` device (shapes only, no values) nothing can be measured: NaN, and a note.
+    """
+    if probe.device.type == "meta":
+        nan = float("nan")
+        return {"max_abs_logit_diff": nan, "max_abs_border_diff": nan, "max_abs_interior_diff": nan,
+                "border_pixels": 0}
     outputs: dict[str, torch.Tensor] = {}
     hooks = [m.get_submodule(path).register_forward_hook(lambda _m, _i, o, k=k: outputs.__setitem__(k, o))
              for k, m in (("color", color), ("gray", gray))]
@@ -176,8 +184,8 @@ def fold_to_gray(
     probe = example_input.to(device=device, dtype=dtype)
     if probe.ndim != 4 or probe.shape[1] != 1:
         raise ValueError(f"example_input must be a gray batch (B, 1, H, W), got shape {tuple(probe.shape)}")
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = first.in_channels if first is not None else 3
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels = input_channels(model, int(probe.shape[-1])) if has_conv else 3  # else find_input_conv says why
     norm = get_normalization(normalization).for_channels(channels)
     path, conv = find_input_conv(model, norm(probe.expand(-1, channels, -1, -1)))
     norm = get_normalization(normalization).for_channels(conv.in_channels)
@@ -191,6 +199,8 @@ def fold_to_gray(
 
     stats = _measure(model, gray, path, norm, probe)
     notes = []
+    if probe.device.type == "meta":
+        notes.append("meta device: the fold's error was not measured")
     if conv.padding_mode != "zeros" or not any(conv_padding(conv)):
         notes.append("first conv does not zero-pad: the plain fold is exact everywhere")
     elif border == "bias":

@@ -8,6 +8,7 @@ same order, same budget): compression is judged against that row, not against th
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from ..clustering import AgglomerativeClustering, Clustering, DBSCANClustering, 
 from ..data import ImageDataset, get_normalization
 from ..distances import pairwise_distances
 from ..fields import ReceptiveFields, compute_receptive_fields, resolve_conv
+from ..models.inspect import input_channels
 from ..fold import GRAY_NORMALIZATION, FoldReport, find_input_conv, fold_to_gray
 from ..surgery import merge_channels
 from ..training import count_parameters, evaluate
@@ -190,7 +192,7 @@ def compress(
     clusterings = dict(clusterings or {})
     norm = get_normalization(normalization)
     size = int(test_set.images.shape[-1])
-    model = model.to(device).eval()
+    model = copy.deepcopy(model).to(device).eval()  # the caller's model keeps its device and mode
 
     paths, metrics, eps_list, keep_list = _plan(model, norm, size, device, layers, metric, eps, keep,
                                                 cluster_method, clusterings)
@@ -287,11 +289,11 @@ def compress(
 def _plan(model: nn.Module, norm: Any, size: int, device: torch.device, layers: Any, metric: Any, eps: Any,
           keep: Any, cluster_method: str, clusterings: dict[str, Clustering]) -> tuple[list, list, list, list]:
     """Check everything that can be checked before any work: (paths, metrics, eps, keep), one per layer."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None:
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         raise ValueError("the model has no Conv2d layer: nothing to fold or merge")
-    if first.in_channels != 3:
-        raise ValueError(f"compress needs a color model (3 input channels); this one takes {first.in_channels}")
+    channels = input_channels(model, size)
+    if channels != 3:
+        raise ValueError(f"compress needs a color model (3 input channels); this one takes {channels}")
     dtype = next(model.parameters()).dtype
     find_input_conv(model, norm(torch.rand(1, 3, size, size, dtype=dtype, device=device)))  # conv first?
     paths = resolve_layers(model, layers, size)

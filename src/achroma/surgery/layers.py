@@ -37,10 +37,11 @@ class ChannelMapShortcut(nn.Module):
         return int(self.matrix.shape[0])
 
     @classmethod
-    def from_pad_shortcut(cls, pad: PadShortcut, dtype: torch.dtype = torch.float32) -> "ChannelMapShortcut":
+    def from_pad_shortcut(cls, pad: PadShortcut, dtype: torch.dtype = torch.float32,
+                          device: torch.device | str = "cpu") -> "ChannelMapShortcut":
         """The exact equivalent of an option-A shortcut: input channel i lands on output i + extra // 2."""
         extra = pad.out_channels - pad.in_channels
-        matrix = torch.zeros(pad.out_channels, pad.in_channels, dtype=dtype)
+        matrix = torch.zeros(pad.out_channels, pad.in_channels, dtype=dtype, device=device)
         matrix[torch.arange(pad.in_channels) + extra // 2, torch.arange(pad.in_channels)] = 1.0
         return cls(matrix, pad.stride)
 
@@ -55,11 +56,11 @@ class ChannelMapShortcut(nn.Module):
 
 def convert_shortcuts(model: nn.Module) -> nn.Module:
     """Replace every `PadShortcut` in `model` (in place) by its exact `ChannelMapShortcut`; returns model."""
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    like = next(model.parameters(), torch.empty(0))
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, PadShortcut):
-                new = ChannelMapShortcut.from_pad_shortcut(child, dtype=dtype)
+                new = ChannelMapShortcut.from_pad_shortcut(child, dtype=like.dtype, device=like.device)
                 new.train(child.training)
                 setattr(parent, name, new)
     return model

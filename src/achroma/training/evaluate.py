@@ -37,14 +37,17 @@ def evaluate(
     return {"accuracy": correct / n, "loss": loss_sum / n, "n": n, "params": count_parameters(model)}
 
 
-def first_conv_in_channels(model: nn.Module) -> int | None:
-    """Input channels of the first Conv2d in definition order (None when the model has none)."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return None if conv is None else conv.in_channels
+def first_conv_in_channels(model: nn.Module, size: int = 32) -> int | None:
+    """Input channels of the first Conv2d the forward pass calls (None when the model has none)."""
+    from ..models.inspect import input_channels
+
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return None
+    return input_channels(model, size)
 
 
 def _check_channels(model: nn.Module, loader: BatchLoader) -> None:
-    expected = first_conv_in_channels(model)
+    expected = first_conv_in_channels(model, int(loader.dataset.images.shape[-1]))
     got = 1 if loader.mode == "gray" else 3
     if expected is not None and expected != got:
         hint = "use --mode gray" if expected == 1 else "use --mode color or gray3"
