@@ -278,13 +278,53 @@ def test_merge_averages_into_the_representative():
     reps = [1] + list(range(2, 24))
     clustering = Clustering(labels, reps, 23, "manual")
     merged = merge_channels(model, "stem", clustering, x)
-    expected = model.stem.weight[[0, 1]].mean(0)
+    # The first BN that reads the stem's raw output sets each member's scale r_c = its std there;
+    # filters are averaged at that scale and given back the mean scale r_m.
+    bn = model.features[0][0].norm
+    r = torch.sqrt(bn.running_var[[0, 1]] + bn.eps)
+    expected = r.mean() * (model.stem.weight[[0, 1]] / r.view(2, 1, 1, 1)).mean(0)
     assert torch.allclose(merged.stem.weight[0], expected)
     assert torch.equal(merged.stem.weight[1:], model.stem.weight[2:])
-    bn = model.features[0][0].norm
-    assert torch.allclose(merged.features[0][0].norm.running_var[0], bn.running_var[[0, 1]].mean())
+    assert torch.allclose(merged.features[0][0].norm.running_var[0], r.mean() ** 2 - bn.eps)
+    # The consumer reads relu(BN(.)), whose units do not depend on r: its slices are summed.
     conv = model.features[0][0].conv
     assert torch.allclose(merged.features[0][0].conv.weight[:, 0], conv.weight[:, 0] + conv.weight[:, 1])
+
+
+SCALED = [("resnet-cifar-20", "layer1.0.conv1"),  # conv -> BN inside a block
+          ("resnet-cifar-20", "layer2.1.conv2"),  # a stream: three conv -> BN writers and a channel map
+          ("seed-densenet-tiny", "stem"),  # a raw conv output read by every BN of a dense block
+          ("tv:resnet18", "layer3.0.conv2")]  # a stream with a 1x1 downsample conv -> BN
+
+
+@pytest.mark.parametrize("name,path", SCALED)
+@pytest.mark.parametrize("s", [2.0, 0.3])
+def test_members_equal_up_to_bn_scaling_merge_exactly(name, path, s):
+    """Filter w and filter s*w, each BN that reads them with mean and std scaled by s: the two
+    channels are the same function, so merging them must change nothing (averaging weights and
+    statistics separately changed the output by 0.75% relative)."""
+    model = _seeded_model(name)
+    x = _example()
+    n = model.get_submodule(path).out_channels
+    pairs = _pairs(n)
+    uses = _make_duplicates(model, path, pairs, x)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for use in uses:
+            m = modules[use.path]
+            for _, dst in pairs:
+                (i,) = use.index[dst]
+                if use.role == "producer" and type(m) is nn.Conv2d:
+                    m.weight[i] *= s
+                elif use.role == "producer" and isinstance(m, nn.BatchNorm2d):
+                    m.running_mean[i] *= s
+                    m.running_var[i] = s * s * (m.running_var[i] + m.eps) - m.eps
+        reference = model(x)
+    merged = merge_channels(model, path, _labels_for(pairs, n), x)
+    with torch.no_grad():
+        out = merged(x)
+    assert (out - reference).abs().max() / reference.abs().max() < 1e-9
+    assert _count(merged) < _count(model)
 
 
 def test_input_model_is_not_modified():

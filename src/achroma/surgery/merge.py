@@ -3,8 +3,9 @@
 Fold: in every producer of the channels (the conv, the BN entries that normalize them in every
 layer that reads them, the other convs/BNs feeding the same residual stream, depthwise filters,
 shortcut rows) each cluster's entries are averaged into the representative's slot; in every
-consumer the members' input slices are summed into the representative's slice. Prune: the
-dependency graph then removes the other members everywhere at once. Exact duplicates (equal in
+consumer the members' input slices are summed into the representative's slice. Both happen at
+the members' common scale (see `scales`), so filters equal up to BN scaling merge exactly. Prune:
+the dependency graph then removes the other members everywhere at once. Exact duplicates (equal in
 every producer) therefore merge with no change in the output.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn as nn
 
 from .graph import ChannelUse, build_graph, channel_uses, resolve_conv
 from .layers import convert_shortcuts
+from .scales import channel_scales, is_batchnorm, member_scales, merge_batchnorm, merge_consumer, merge_linear
 
 if TYPE_CHECKING:  # importing achroma.clustering pulls in scikit-learn; not needed at run time
     from ..clustering import Clustering
@@ -57,41 +59,61 @@ def cluster_groups(clustering: Clustering | Sequence[int] | np.ndarray, n_channe
     return groups
 
 
-def _channel_tensors(module: nn.Module, role: str) -> list[tuple[torch.Tensor, int]]:
-    """(tensor, channel axis) pairs that merging edits for this module and role."""
+def _channel_tensors(module: nn.Module, role: str) -> list[tuple[str, torch.Tensor, int]]:
+    """(name, tensor, channel axis) that merging edits for this module and role (BN excluded)."""
     if role == "consumer":
         name = "matrix" if hasattr(module, "matrix") else "weight"
-        return [(getattr(module, name), 1)]
+        return [(name, getattr(module, name), 1)]
     found = []
-    for name in ("weight", "bias", "running_mean", "running_var", "border_kernel", "matrix"):
+    for name in ("weight", "bias", "border_kernel", "matrix"):
         t = getattr(module, name, None)
         if isinstance(t, torch.Tensor):
-            found.append((t, 0))
+            found.append((name, t, 0))
     return found
 
 
+def _visible(use: ChannelUse, groups: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
+    """The clusters this module sees at least two members of; ValueError for a cluster it sees in part."""
+    out = []
+    for rep, members in groups:
+        present = [m for m in members if m in use.index]
+        if present and len(present) < len(members):
+            raise ValueError(f"{use.path}: the cluster of channels {members} is only partly visible here "
+                             f"({len(present)} of {len(members)} members; a split or slice separates them): "
+                             "cannot merge it")
+        if len(present) > 1:
+            out.append((rep, members))
+    return out
+
+
+def _any_tensor(module: nn.Module) -> torch.Tensor:
+    return next(t for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)))
+
+
 @torch.no_grad()
-def _fold_use(module: nn.Module, use: ChannelUse, groups: list[tuple[int, list[int]]]) -> None:
-    """Average (producer) or sum (consumer) each cluster's entries into its representative's slots."""
-    for tensor, axis in _channel_tensors(module, use.role):
-        data = tensor.data
-        for rep, members in groups:
-            present = [m for m in members if m in use.index]
-            if len(present) <= 1 and rep in use.index:
-                continue
-            if rep not in use.index:
-                if present:
-                    raise ValueError(f"{use.path}: cluster of channel {rep} is only partly visible here "
-                                     "(a split separates its members); cannot merge it")
-                continue
-            idx = torch.tensor([use.index[m] for m in present], device=data.device)  # (members, slots)
-            rep_idx = torch.tensor(use.index[rep], device=data.device)
-            picked = data.index_select(axis, idx.flatten())
-            shape = list(data.shape)
-            shape[axis: axis + 1] = list(idx.shape)
-            picked = picked.reshape(shape)
-            value = picked.mean(axis) if use.role == "producer" else picked.sum(axis)
-            data.index_copy_(axis, rep_idx, value.to(data.dtype))
+def _fold_use(module: nn.Module, use: ChannelUse, groups: list[tuple[int, list[int]]],
+              scale: dict[int, torch.Tensor] | None) -> None:
+    """Merge each cluster's entries into its representative's slots, in place.
+
+    Producers are averaged and consumers summed, both at the members' common scale (`scale`, root
+    channel -> r_c, see `scales`; None: all 1). In-place edits go through the tensors themselves,
+    not `.data`, so that their version counters move and cached maps (the fold's border) refresh.
+    """
+    for rep, members in _visible(use, groups):
+        r = member_scales(scale, members, _any_tensor(module))
+        slots = [use.index[m] for m in members]
+        if use.role == "producer" and is_batchnorm(module):
+            if any(len(s) != 1 for s in slots):
+                raise ValueError(f"{use.path}: a BatchNorm channel maps to several entries; cannot merge it")
+            merged = merge_batchnorm(module, [s[0] for s in slots], r)
+            for name, value in merged.items():
+                getattr(module, name)[use.index[rep][0]] = value.to(getattr(module, name).dtype)
+            continue
+        rep_idx = torch.tensor(use.index[rep])
+        for _name, tensor, axis in _channel_tensors(module, use.role):
+            fn = merge_consumer if use.role == "consumer" else merge_linear
+            value = fn(tensor, axis, slots, r)  # float64, the tensor's layout with the rep's slots at `axis`
+            tensor.index_copy_(axis, rep_idx.to(tensor.device), value.to(tensor.dtype))
 
 
 def merge_channels(
@@ -116,8 +138,11 @@ def merge_channels(
         raise ValueError(f"layer {layer_path!r} is not reached by a forward pass of the example input")
     uses = channel_uses(dg, work, conv)
     modules = dict(work.named_modules())
+    for use in uses:  # errors (a cluster cut by a split) before anything changes
+        _visible(use, groups)
+    scales, reads = channel_scales(dg, uses, modules)
     for use in uses:
-        _fold_use(modules[use.path], use, groups)
+        _fold_use(modules[use.path], use, groups, scales.get(use.path) or scales.get(reads.get(use.path, "")))
     removed = sorted(m for rep, members in groups for m in members if m != rep)
     if removed:
         pruner = dg.get_pruner_of_module(conv)
