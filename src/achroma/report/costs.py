@@ -1,9 +1,10 @@
-"""What a model costs to run: multiply-accumulates per image (forward hooks) and CPU latency.
+"""What a model costs to run: multiply-accumulates per image (torch's FlopCounter) and CPU latency.
 
-MACs: one forward pass with hooks on every Conv2d and Linear; a conv's count is its output
-elements per image times (in_channels / groups) x kernel area, a Linear's is outputs x inputs.
-Bias adds, BN, activations and pooling are not counted (FLOPs ~ 2 x MACs). The folded first conv's
-border term (`BorderCorrectedConv2d`) is a fixed map computed once per batch, not per image: left out.
+MACs are counted by `torch.utils.flop_counter.FlopCounterMode`, which sees every matrix product and
+convolution the forward pass runs at the ATen level, whatever module (or no module) issues it:
+MACs = its FLOPs / 2. Bias adds, BN, activations, pooling and gathers are not counted (FLOPs ~ 2 x
+MACs). Cached per-size maps (the folded first conv's border term) are computed in a warm-up pass,
+so the count is what each further image costs.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-MACS_METHOD = ("multiply-accumulates (MACs) per image, counted by forward hooks on Conv2d and Linear "
-               "(bias, BN, activations, pooling not counted; FLOPs ~ 2 x MACs)")
+MACS_METHOD = ("multiply-accumulates (MACs) per image, counted by torch.utils.flop_counter.FlopCounterMode "
+               "(every convolution and matrix product; bias, BN, activations, pooling not counted; FLOPs ~ 2 x MACs)")
 
 
 def _param_device(model: nn.Module) -> torch.device:
@@ -25,47 +26,23 @@ def _param_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """Multiply-accumulates of one image of shape (C, H, W) through every Conv2d and Linear."""
-    total = 0
-
-    def conv_hook(m: nn.Conv2d, inputs: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        per_out = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        total += out[0].numel() * per_out
-
-    def linear_hook(m: nn.Linear, inputs: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * m.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    flags = {m: m.training for m in model.modules()}
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
-    try:
-        model.eval()
-        model(torch.zeros(1, *input_shape, dtype=dtype, device=_param_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in flags.items():
-            m.training = flag
-    return int(total)
+    """Multiply-accumulates of one image of shape (C, H, W): FlopCounterMode's FLOPs / 2."""
+    return flop_counter_flops(model, input_shape) // 2
 
 
 def flop_counter_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """FLOPs of one image by `torch.utils.flop_counter.FlopCounterMode` (a cross-check: 2 per MAC)."""
+    """FLOPs of one image by `torch.utils.flop_counter.FlopCounterMode` (2 per MAC), after a warm-up pass."""
     from torch.utils.flop_counter import FlopCounterMode
 
     flags = {m: m.training for m in model.modules()}
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    x = torch.zeros(1, *input_shape, dtype=dtype, device=_param_device(model))
     try:
         model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape, dtype=dtype, device=_param_device(model)))
+        with torch.no_grad():
+            model(x)  # fills per-size caches, which later images do not pay for
+            with FlopCounterMode(display=False) as counter:
+                model(x)
     finally:
         for m, flag in flags.items():
             m.training = flag

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .layers import ChannelMapShortcut, convert_shortcuts, customized_pruners
+from .layers import ChannelMapShortcut, convert_shortcuts, customized_pruners, dense_shortcuts
 
 Role = Literal["producer", "consumer"]
 
@@ -61,7 +61,7 @@ def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
     """
     flags = {m: m.training for m in model.modules()}
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), dense_shortcuts():
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_input, customized_pruners=customized_pruners(), verbose=False)
     finally:

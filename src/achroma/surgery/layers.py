@@ -6,18 +6,38 @@ channel (16 -> 32 -> 64 all coupled), and symmetric padding cannot express which
 surviving input channel lands on once channels are removed. A fixed 0/1 channel-map matrix (a buffer,
 not a parameter) can: merging averages its rows (it produces the wide stream) and sums its columns
 (it reads the narrow one), exactly like a 1x1 conv, and its pruner keeps the two streams apart.
+
+At run time the map is applied as what it is, a gather of at most a few input channels per output
+channel (one, unless the wide stream was merged), so it costs what the option-A padding cost, not a
+dense 1x1 conv's MACs. Only while the dependency graph is traced (`dense_shortcuts`) is it one
+dense op, so that the tracer sees a single layer from input to output.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch_pruning.pruner.function import BasePruningFunc, ConvPruner
 
-from ..fold.border import BorderCorrectedConv2d
+from ..fold.border import BorderCorrectedConv2d, _identity
 from ..models.resnet_cifar import PadShortcut
+
+
+_DENSE = contextvars.ContextVar("achroma_dense_shortcuts", default=False)
+
+
+@contextlib.contextmanager
+def dense_shortcuts() -> Iterator[None]:
+    """Within this block every ChannelMapShortcut runs as one dense op (for the graph tracer)."""
+    token = _DENSE.set(True)
+    try:
+        yield
+    finally:
+        _DENSE.reset(token)
 
 
 class ChannelMapShortcut(nn.Module):
@@ -27,6 +47,7 @@ class ChannelMapShortcut(nn.Module):
         super().__init__()
         self.stride = int(stride)
         self.register_buffer("matrix", matrix.clone())
+        self._plan: tuple | None = None
 
     @property
     def in_channels(self) -> int:
@@ -45,10 +66,46 @@ class ChannelMapShortcut(nn.Module):
         matrix[torch.arange(pad.in_channels) + extra // 2, torch.arange(pad.in_channels)] = 1.0
         return cls(matrix, pad.stride)
 
+    def gather_plan(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(index (O, K), weights (O, K) or None when all are 1): output o sums K input channels.
+
+        Index `in_channels` points at an extra zero channel (outputs with fewer than K sources).
+        Cached until the matrix is replaced or edited in place.
+        """
+        key = _identity(self.matrix)
+        if self._plan is not None and self._plan[0] == key:
+            return self._plan[1], self._plan[2]
+        m = self.matrix
+        nonzero = m != 0
+        k = max(1, int(nonzero.sum(1).max()))
+        cols = torch.argsort(nonzero.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+        vals = torch.gather(m, 1, cols)
+        index = torch.where(vals != 0, cols, torch.full_like(cols, m.shape[1]))
+        weights = None if bool(((vals == 0) | (vals == 1)).all()) else vals
+        self._plan = (key, index, weights)
+        return index, weights
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        return F.conv2d(x, self.matrix.to(x.dtype)[:, :, None, None])
+        if _DENSE.get() or x.device.type == "meta":  # meta tensors have no values to plan a gather from
+            return F.conv2d(x, self.matrix.to(x.dtype)[:, :, None, None])
+        index, weights = self.gather_plan()
+        b, _, h, w = x.shape
+        padded = torch.cat([x, x.new_zeros(b, 1, h, w)], 1)
+        picked = padded.index_select(1, index.flatten().to(x.device)).view(b, *index.shape, h, w)
+        if weights is not None:
+            picked = picked * weights.to(x.dtype).view(1, *weights.shape, 1, 1)
+        return picked.sum(2)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._plan = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state["_plan"] = None
+        return state
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
