@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from ..progress import progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -44,8 +44,8 @@ def read_split_tree(entries: list[tuple[str, str, str, bytes | Path]], where: st
         raise ValueError(f"no images found under {where} (expected train/<class>/*.jpg and test/<class>/*.jpg)")
     classes = sorted({c for _, c, _, _ in entries})
     per_split: dict[str, list[tuple[str, str, np.ndarray]]] = {}
-    for split, cls, key, data in tqdm(sorted(entries, key=lambda e: (e[0], e[1], e[2])),
-                                      desc=f"decoding {Path(where).name}", unit="img", leave=False):
+    for split, cls, key, data in progress(sorted(entries, key=lambda e: (e[0], e[1], e[2])),
+                                          desc=f"decoding {Path(where).name}"):
         try:
             per_split.setdefault(split, []).append((key, cls, _decode(data)))
         except Exception as err:

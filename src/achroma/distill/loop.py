@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from ..progress import progress as progress_bar
 
 from ..data import ImageDataset, Normalization, get_normalization, mode_channels
 from ..io import save_checkpoint
@@ -68,7 +68,7 @@ def distill(
         loader.set_epoch(epoch)
         student.train()
         t0, total = time.time(), 0.0
-        bar = tqdm(loader, desc=f"distill {epoch + 1}/{config.epochs}", leave=False, disable=not progress)
+        bar = progress_bar(loader, desc=f"distill {epoch + 1}/{config.epochs}", enabled=progress)
         for i, (xt, xs, y) in enumerate(bar):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(config, epoch + i / steps)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from ..progress import progress as progress_bar
 
 from ..data import Normalization, get_normalization
 from ..models.inspect import _StopForward, input_channels, resolve_conv, resolve_layer_name
@@ -98,7 +98,7 @@ class _Objective:
 
 
 def _climb(objective: _Objective, x: torch.Tensor, filters: torch.Tensor, to_input: Normalization,
-           steps: int, step_size: float, bar: tqdm) -> torch.Tensor:
+           steps: int, step_size: float, bar: Any) -> torch.Tensor:
     """`steps` RMS-normalized ascent steps on pixel images `x`; image b climbs channel filters[b]."""
     shape = (1, -1, 1, 1)
     mean = torch.tensor(to_input.mean, dtype=x.dtype, device=x.device).view(shape)
@@ -155,7 +155,7 @@ def compute_receptive_fields(
     total = np.zeros((len(filters), channels, size, size))
     was_training = model.training
     model.eval()
-    bar = tqdm(total=restarts * len(chunks) * steps, desc=f"fields {name}", leave=False, disable=not progress)
+    bar = progress_bar(total=restarts * len(chunks) * steps, desc=f"fields {name}", enabled=progress)
     try:
         for restart in range(restarts):
             start = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..progress import progress as progress_bar
 
 from ..data import BatchLoader, ImageDataset, Normalization
 
@@ -29,7 +29,7 @@ def evaluate(
     loader = BatchLoader(dataset, batch_size=batch_size, mode=mode, normalize=normalize, device=device)
     _check_channels(model, loader)
     correct, loss_sum, n = 0, 0.0, 0
-    for x, y in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+    for x, y in progress_bar(loader, desc="evaluate", enabled=progress):
         logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..progress import progress
 
 from ..data import BatchLoader, ImageDataset, get_normalization
 from ..io import atomic_write_bytes, save_checkpoint
@@ -133,7 +133,7 @@ def train(
         loader.set_epoch(epoch)
         net.train()
         t0, total = time.time(), 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not info.is_main)
+        bar = progress(loader, desc=f"epoch {epoch + 1}/{config.epochs}", enabled=info.is_main)
         for i, (x, y) in enumerate(bar):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(config, epoch + i / steps)
