@@ -114,11 +114,12 @@ def test_layers_resolved_in_forward_order_with_a_metric_each(two_layers):
 
 
 def test_input_models_are_not_modified(train_set, test_set):
-    model = _model()
+    model = _model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     compress(model, "cifar", train_set, test_set, layers="first:1", keep=0.5, repair="bn-train", fields_kw=FAST,
              progress=False, log=None, repair_config=RepairConfig(batch_size=16))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(m.training for m in model.modules())  # compress works on a copy: mode (and device) kept
 
 
 def test_folded_reference_gets_exactly_the_same_repair(two_layers, train_set):

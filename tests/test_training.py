@@ -1,6 +1,8 @@
 """Training: steps lower the loss, schedules, resume, and DDP gradients equal single-process ones."""
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,8 +101,15 @@ def _single_process_grads(kind: str, shards: list[torch.Tensor]) -> dict[str, to
 def test_ddp_two_cpu_processes_match_a_single_process_step(tmp_path):
     out = tmp_path / "grads.pt"
     worker = Path(__file__).with_name("ddp_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # A port that was free a moment ago on the loopback interface, rather than --standalone's
+    # rendezvous, which failed once under load; gloo is told to stay on the loopback too.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", str(worker), str(out)]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
     shards = [torch.arange(0, 8, 2), torch.arange(1, 8, 2)]  # how BatchLoader shards 8 images over 2 ranks

@@ -24,7 +24,7 @@ from ..distances import pairwise_distances
 from ..fields import ReceptiveFields, compute_receptive_fields, resolve_conv
 from ..models.inspect import input_channels
 from ..fold import GRAY_NORMALIZATION, FoldReport, find_input_conv, fold_to_gray
-from ..surgery import merge_channels
+from ..surgery import check_disjoint_groups, merge_channels
 from ..training import count_parameters, evaluate
 from .repairs import RepairConfig, repair_model
 from .spec import check_cluster_setting, check_metric, check_repairs, per_layer, resolve_layers
@@ -310,6 +310,7 @@ def _plan(model: nn.Module, norm: Any, size: int, device: torch.device, layers: 
             if m is None:
                 raise ValueError(f"layer {path}: no metric")
             check_cluster_setting(cluster_method, e, k, path)
+    check_disjoint_groups(model, paths, torch.zeros(1, 3, size, size, dtype=dtype, device=device))
 
     return paths, metrics, eps_list, keep_list
 

@@ -1,0 +1,110 @@
+"""Smaller correctness items: one 'first conv', clusters cut by a split, overlapping layers, log output."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from achroma.fold import fold_to_gray
+from achroma.models import create_model
+from achroma.pipeline.compress import _plan
+from achroma.data import get_normalization
+from achroma.progress import progress
+from achroma.surgery import check_disjoint_groups, merge_channels
+from achroma.training.evaluate import first_conv_in_channels
+
+torch.set_num_threads(1)
+
+
+class HeadRegisteredFirst(nn.Module):
+    """Registers a 1x1 conv before the stem, though the stem runs first: registration != forward order."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Conv2d(8, 8, 1)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.head(torch.relu(self.stem(x))).mean((2, 3)))
+
+
+def test_first_conv_is_the_first_the_forward_pass_calls_everywhere():
+    model = HeadRegisteredFirst().eval()
+    assert first_conv_in_channels(model) == 3  # evaluate's channel check
+    gray, report = fold_to_gray(model, "cifar")  # the fold
+    assert report.layer == "stem" and gray.stem.in_channels == 1
+    paths, *_ = _plan(model, get_normalization("cifar"), 32, torch.device("cpu"), "first", "mse", None, 0.5,
+                      "dbscan", {})  # the compress plan
+    assert paths == ["stem"]
+
+
+class Split(nn.Module):
+    """A conv whose 8 channels are split in halves that feed two different convs (as ShuffleNet does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.left = nn.Conv2d(4, 4, 1)
+        self.right = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        a, b = self.conv(x).chunk(2, dim=1)
+        return self.fc(torch.cat([self.left(a), self.right(b)], 1).mean((2, 3)))
+
+
+def test_a_cluster_cut_by_a_split_is_an_error_not_a_partial_merge():
+    model = Split().eval()
+    x = torch.rand(1, 1, 8, 8)
+    labels = np.array([0, 1, 2, 3, 3, 4, 5, 6])  # channels 3 and 4 sit in different halves
+    with pytest.raises(ValueError, match="only partly visible"):
+        merge_channels(model, "conv", labels, x)
+    within = merge_channels(model, "conv", np.array([0, 0, 1, 2, 3, 4, 5, 5]), x)  # whole halves merge
+    assert within.left.in_channels == 3 and within.right.in_channels == 3
+
+
+def test_layers_that_write_one_channel_group_are_refused_in_the_plan():
+    model = create_model("resnet-cifar-20").eval()
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="conv1 and layer1.1.conv2 write the same channels"):
+        check_disjoint_groups(model, ["conv1", "layer1.0.conv1", "layer1.1.conv2"], x)
+    check_disjoint_groups(model, ["conv1", "layer1.0.conv1", "layer2.0.conv1"], x)  # distinct groups pass
+    with pytest.raises(ValueError, match="write the same channels"):
+        _plan(model, get_normalization("cifar"), 32, torch.device("cpu"), "conv1,layer1.2.conv2", "mse", None,
+              0.5, "dbscan", {})
+
+
+def test_progress_in_a_log_file_is_lines_not_carriage_return_frames():
+    log = io.StringIO()
+    bar = progress(range(50), desc="evaluate", stream=log)
+    for _ in bar:
+        pass
+    counter = progress(total=10, desc="fields stem", stream=log)
+    counter.update(10)
+    counter.set_postfix(loss="0.1")
+    counter.close()
+    text = log.getvalue()
+    assert "\r" not in text
+    assert text.splitlines() == [line for line in text.splitlines() if line.strip()]
+    assert len(text.splitlines()) == 4 and "evaluate: done, 50 steps" in text and "loss=0.1" in text
+
+
+def test_compress_cli_writes_no_carriage_returns_to_a_log(tmp_path):
+    """The whole CLI through a pipe (not a terminal): progress comes as lines."""
+    result = subprocess.run([sys.executable, "-m", "achroma.cli", "fields", "--weights",
+                             str(_demo_weights()), "--layer", "first", "--steps", "3", "--out", str(tmp_path / "f")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr and "fields stem: done" in result.stderr
+
+
+def _demo_weights():
+    from achroma.demo import default_model_path
+
+    return default_model_path()
