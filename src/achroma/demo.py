@@ -60,14 +60,14 @@ def run_demo(
     """Run the demo; print progress (stderr) and the table (stdout); return the report dict.
 
     Writes the compressed model, report and figures to `out_dir` (default: a new temporary folder).
-    `threads`: torch CPU threads for the run (default: half the CPU count, at least 1: on a 2-core
-    machine that is busy with anything else, 2 threads ran the demo 2x slower than 1); restored after.
+    `threads`: torch CPU threads for the run (default: every core this process may use; on a machine
+    busy with other work, fewer can be faster); restored after.
     `calib_per_class`: repair images per class (default 200 of the 500 per class shipped; None for all).
     """
     import torch
 
     saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or max(1, min(saved_threads, (os.cpu_count() or 2) // 2)))
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
     try:
         return _run(out_dir, model_path, data_path, keep, calib_per_class, latency, progress)
     finally:

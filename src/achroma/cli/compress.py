@@ -55,7 +55,8 @@ def register(sub) -> None:
     p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class (default all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="evaluation batch size (default 64 on a CPU, 500 on a GPU)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (latency is always measured on the CPU)")
     p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurements")
     p.add_argument("--latency-runs", type=int, default=20, help="runs at batch 1 (batch 256 gets a quarter, >= 3)")

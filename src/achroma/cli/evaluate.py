@@ -11,7 +11,7 @@ def register(sub) -> None:
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 on a CPU, 500 on a GPU")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

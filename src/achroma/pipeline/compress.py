@@ -160,7 +160,7 @@ def compress(
     min_samples: int = 1,
     border: str = "exact",
     fields_from: str = "color",
-    batch_size: int = 500,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
     log: Log | None = print,

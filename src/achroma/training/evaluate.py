@@ -9,6 +9,12 @@ from ..progress import progress as progress_bar
 from ..data import BatchLoader, ImageDataset, Normalization
 
 
+def default_eval_batch(device: str | torch.device) -> int:
+    """Evaluation batch size: 64 on a CPU, where activations of a few hundred images fall out of the
+    caches (the demo model on 1 thread evaluated 2,000 images in 7.2 s at 500, 2.0 s at 64), 500 elsewhere."""
+    return 64 if torch.device(device).type == "cpu" else 500
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable and frozen parameters (not BN running statistics)."""
     return sum(p.numel() for p in model.parameters())
@@ -20,13 +26,15 @@ def evaluate(
     dataset: ImageDataset,
     mode: str = "color",
     normalize: str | Normalization | dict | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict:
-    """Top-1 accuracy, mean cross-entropy, sample count and parameter count, as a plain dict."""
+    """Top-1 accuracy, mean cross-entropy, sample count and parameter count, as a plain dict.
+
+    batch_size: default `default_eval_batch(device)`."""
     model = model.to(device).eval()
-    loader = BatchLoader(dataset, batch_size=batch_size, mode=mode, normalize=normalize, device=device)
+    loader = BatchLoader(dataset, batch_size=batch_size or default_eval_batch(device), mode=mode, normalize=normalize, device=device)
     _check_channels(model, loader)
     correct, loss_sum, n = 0, 0.0, 0
     for x, y in progress_bar(loader, desc="evaluate", enabled=progress):
