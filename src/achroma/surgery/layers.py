@@ -90,7 +90,12 @@ class ChannelMapShortcut(nn.Module):
             x = x[:, :, :: self.stride, :: self.stride]
         if _DENSE.get() or x.device.type == "meta":  # meta tensors have no values to plan a gather from
             return F.conv2d(x, self.matrix.to(x.dtype)[:, :, None, None])
-        index, weights = self.gather_plan()
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # export: fake values, no planning
+            if self._plan is None:
+                return F.conv2d(x, self.matrix.to(x.dtype)[:, :, None, None])
+            index, weights = self._plan[1], self._plan[2]  # planned by an eager pass before the export
+        else:
+            index, weights = self.gather_plan()
         b, _, h, w = x.shape
         padded = torch.cat([x, x.new_zeros(b, 1, h, w)], 1)
         picked = padded.index_select(1, index.flatten().to(x.device)).view(b, *index.shape, h, w)
