@@ -40,8 +40,9 @@ def register(sub) -> None:
     p.add_argument("--fields-from", default="color", choices=["color", "current"],
                    help="compute each layer's fields in the color model, then luma (color, default: the notebook's "
                         "way, and the better merge in docs/RESULTS.md) or in the gray model as merged so far")
-    p.add_argument("--repair", default="bn-train", help="bn-train | bn-stats | distill | none, or several "
-                   "(bn-train,bn-stats,distill); the saved model carries the first")
+    p.add_argument("--repair", default="bn-train", help="ls-refit | bn-train | bn-stats | distill | none, a sequence "
+                   "joined by '+' (ls-refit+distill), or several to compare (bn-train,ls-refit+distill); "
+                   "the saved model carries the first")
     p.add_argument("--epochs", type=int, default=1, help="bn-train and distill epochs (default 1, the notebook's)")
     p.add_argument("--lr", type=float, default=0.01, help="bn-train learning rate (default 0.01)")
     p.add_argument("--momentum", type=float, default=0.7, help="bn-train momentum (default 0.7)")

@@ -264,7 +264,7 @@ def compress(
             t = time.perf_counter()
             say(f"repair {kind} of the {base} model on {len(train_set)} images")
             fixed = repair_model(models[base], kind, train_set, repair_config, seed=seed, device=device,
-                                 teacher=model, teacher_normalize=norm).eval()
+                                 teacher=model, teacher_normalize=norm, reference=gray).eval()
             timings[f"repair {key}"] = time.perf_counter() - t
             models[key] = fixed
             r = score(fixed, "gray", gray_norm, f"{base} + {kind}")

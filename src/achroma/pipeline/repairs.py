@@ -1,7 +1,9 @@
-"""Apply one named repair to a copy of a gray model, with a budget that can be given twice.
+"""Apply one named repair (or a '+'-joined sequence) to a copy of a gray model, with a given budget.
 
 bn-train and bn-stats touch the BN layers only; distill trains every weight of the gray model to
-regress the color model's logits on the same images (the color model teaches its merged self).
+regress the color model's logits on the same images (the color model teaches its merged self);
+ls-refit solves for the weights of the layers that read merged channels so that they reproduce the
+uncompressed gray model's outputs there (closed form, no training; a no-op on the uncompressed model).
 
 The merged model and the uncompressed folded model get the *same* repair: same images, same
 order, same epochs and step size, so that the table compares compression at a matched budget.
@@ -16,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..data import BatchLoader, ImageDataset
-from ..repair import bn_recalibrate, bn_train
+from ..repair import bn_recalibrate, bn_train, ls_refit
 from ..training import TrainConfig
 
 
@@ -41,6 +43,8 @@ class RepairConfig:
     stats_augment: bool = True
     distill_lr: float = 0.003
     distill_loss: str = "mse"
+    refit_images: int = 2000
+    refit_ridge: float = 1e-4
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,14 +52,32 @@ class RepairConfig:
 
 def repair_model(model: nn.Module, kind: str, train_set: ImageDataset, config: RepairConfig, seed: int = 0,
                  device: str | torch.device = "cpu", teacher: nn.Module | None = None,
-                 teacher_normalize: Any = None) -> nn.Module:
-    """A repaired copy of gray model `model` ('bn-train', 'bn-stats', 'distill' or 'none'; the input
-    is untouched). 'distill' needs `teacher` (the color model) and its input normalization.
+                 teacher_normalize: Any = None, reference: nn.Module | None = None) -> nn.Module:
+    """A repaired copy of gray model `model` (one of REPAIRS, or several joined by '+', applied in
+    order; the input is untouched). 'distill' needs `teacher` (the color model) and its input
+    normalization; 'ls-refit' needs `reference` (the uncompressed gray model).
 
     The calibration images go in as raw [0, 1] gray (the folded model's input); the loader's shuffle
     is seeded by `seed` alone, so two calls with the same arguments see the same batches.
     """
     out = copy.deepcopy(model).to(device)
+    for step in kind.split("+"):
+        out = _repair_step(out, step, train_set, config, seed, device, teacher, teacher_normalize, reference)
+    return out
+
+
+def _repair_step(out: nn.Module, kind: str, train_set: ImageDataset, config: RepairConfig, seed: int,
+                 device: str | torch.device, teacher: nn.Module | None, teacher_normalize: Any,
+                 reference: nn.Module | None) -> nn.Module:
+    """One repair of `out`, in place where it can be; returns the repaired model."""
+    if kind == "ls-refit":
+        if reference is None:
+            raise ValueError("the ls-refit repair needs the uncompressed gray model as reference")
+        per_class = max(1, config.refit_images // max(1, len(train_set.classes)))
+        images = train_set.stratified_subset(per_class) if config.refit_images < len(train_set) else train_set
+        loader = BatchLoader(images, batch_size=256, mode="gray", normalize="none", device=device)
+        ls_refit(out, reference.to(device), loader, ridge=config.refit_ridge, size=int(train_set.images.shape[-1]))
+        return out.eval()
     if kind == "none":
         return out
     if kind == "bn-train":

@@ -14,7 +14,7 @@ from ..distances import METRICS
 from ..fields import conv_forward_order, resolve_conv
 
 T = TypeVar("T")
-REPAIRS = ("bn-train", "bn-stats", "distill", "none")
+REPAIRS = ("ls-refit", "bn-train", "bn-stats", "distill", "none")
 CLUSTER_METHODS = ("dbscan", "kmeans", "agglomerative")
 
 
@@ -101,11 +101,14 @@ def check_metric(name: str) -> str:
 
 
 def check_repairs(repair: str | Sequence[str]) -> list[str]:
-    """The repairs to apply, in order, each once: 'bn-train', 'bn-stats', 'distill' or 'none'."""
+    """The repairs to compare, each once: one of REPAIRS, or a sequence of them joined by '+'
+    ('ls-refit+distill': refit, then distill the refit model)."""
     kinds = split_list(repair) or ["none"]
-    bad = [k for k in kinds if k not in REPAIRS]
+    bad = [step for k in kinds for step in k.split("+") if step not in REPAIRS]
     if bad:
-        raise ValueError(f"unknown repair {bad[0]!r}; choose from {', '.join(REPAIRS)}")
+        raise ValueError(f"unknown repair {bad[0]!r}; choose from {', '.join(REPAIRS)} (or join several with '+')")
+    if any("+" in k and "none" in k.split("+") for k in kinds):
+        raise ValueError("'none' cannot be part of a repair sequence")
     if len(set(kinds)) != len(kinds):
         raise ValueError(f"repair named more than once: {','.join(kinds)}")
     return kinds

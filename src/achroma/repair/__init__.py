@@ -1,4 +1,6 @@
-"""Repair a folded or merged model: BN-only training, BN statistics re-estimation (step 6)."""
+"""Repair a folded or merged model: BN-only training, BN statistics re-estimation, least-squares
+refit of the layers that read merged channels (step 6)."""
 from .bn import bn_recalibrate, bn_train
+from .refit import RefitReport, changed_consumers, ls_refit
 
-__all__ = ["bn_recalibrate", "bn_train"]
+__all__ = ["RefitReport", "bn_recalibrate", "bn_train", "changed_consumers", "ls_refit"]

@@ -104,7 +104,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Compression report: {report['model'] or 'model'} on {report['dataset']}", ""]
     lines.append(f"Test images: {s['test_images']:,} of {report['dataset']}. Repair data: {s['calibration_images']:,} "
                  f"training images (gray). Layers merged, in order: {', '.join(s['layers'])}.")
-    repairs = [k for k in report["repairs"] if k != "none"]
+    repairs = {step for k in report["repairs"] for step in k.split("+") if step != "none"}
     if repairs:
         lines.append(f"Repair budget, the same for the merged and the uncompressed folded model: bn-train = "
                      f"{rc['epochs']} epoch(s) of SGD on the BN affine parameters only (lr {rc['lr']}, momentum "
@@ -115,7 +115,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                      + (f"; distill = {rc['epochs']} epoch(s) of SGD on every weight (lr {rc.get('distill_lr')}, "
                         f"momentum 0.9, cosine, batch {rc['batch_size']}) regressing the color model's logits "
                         f"({rc.get('distill_loss')} loss) on the same images, then BN statistics re-estimated on them" if "distill" in repairs else "")
-                     + ".")
+                     + (f"; ls-refit = the layers reading merged channels refit by ridge least squares (ridge "
+                        f"{rc.get('refit_ridge')}) to the uncompressed gray model's outputs on {rc.get('refit_images')} "
+                        "of those images, no training (nothing to refit in the uncompressed model)"
+                        if "ls-refit" in repairs else "")
+                     + "; a+b = a, then b.")
     lines += ["", "| model | input | repair | accuracy | parameters | MMACs / image | latency b=1 (ms) | "
               "latency b=256 (ms) |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:

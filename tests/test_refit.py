@@ -1,0 +1,79 @@
+"""Least-squares refit of the layers that read merged channels."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from achroma.data import ImageDataset
+from achroma.fold import fold_to_gray
+from achroma.models import create_model
+from achroma.pipeline import RepairConfig, check_repairs, repair_model
+from achroma.repair import changed_consumers, ls_refit
+from achroma.surgery import merge_channels
+
+torch.set_num_threads(1)
+
+
+def _gray_resnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model("resnet-cifar-20").double().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+    return fold_to_gray(model, "cifar")[0]
+
+
+def _batches(n: int = 64, seed: int = 0):
+    x = torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return [(x[i: i + 32], torch.zeros(32, dtype=torch.long)) for i in range(0, n, 32)]
+
+
+def test_refit_with_nothing_merged_returns_the_same_weights():
+    gray = _gray_resnet()
+    model = copy.deepcopy(gray)
+    layers = ["layer1.0.conv2", "layer2.1.conv1", "linear"]
+    report = ls_refit(model, gray, _batches(256), layers=layers, ridge=1e-10)
+    for path in layers[:2]:  # every input of a conv's patches varies: its weights are identifiable
+        old, new = gray.get_submodule(path).weight, model.get_submodule(path).weight
+        assert (new - old).abs().max() <= 1e-5 * old.abs().max()
+    # the linear head reads pooled features, some of them always 0 at random init (their weights do
+    # not matter): its outputs are what must not change
+    x = _batches(32, seed=5)[0][0]
+    with torch.no_grad():
+        assert (model(x) - gray(x)).abs().max() <= 1e-6 * gray(x).abs().max()
+    assert max(report.error_before) < 1e-6 and max(report.error_after) < 1e-6
+    assert changed_consumers(model, gray) == []
+
+
+def test_refit_brings_the_merged_model_closer_to_the_uncompressed_one():
+    gray = _gray_resnet()
+    x = torch.rand(1, 1, 32, 32, dtype=torch.float64)
+    merged = merge_channels(gray, "layer1.0.conv1", np.arange(16) // 2, x)
+    merged = merge_channels(merged, "layer2.1.conv1", np.arange(32) // 4, x)
+    assert changed_consumers(merged, gray) == ["layer1.0.conv2", "layer2.1.conv2"]
+    test = torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    with torch.no_grad():
+        before = (merged(test) - gray(test)).norm()
+    report = ls_refit(merged, gray, _batches(128))
+    with torch.no_grad():
+        after = (merged(test) - gray(test)).norm()
+    assert all(a < b for a, b in zip(report.error_after, report.error_before))
+    assert after < 0.7 * before
+
+
+def test_ls_refit_repair_is_a_no_op_on_the_uncompressed_model_and_sequences_run_in_order():
+    gray = _gray_resnet().float()
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    data = ImageDataset(images, torch.arange(40) % 10, [str(i) for i in range(10)], "toy", "train")
+    same = repair_model(gray, "ls-refit", data, RepairConfig(refit_images=40), reference=gray)
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), gray.state_dict().values()))
+    assert check_repairs("ls-refit+bn-stats,distill") == ["ls-refit+bn-stats", "distill"]
+    with pytest.raises(ValueError, match="unknown repair 'refit'"):
+        check_repairs("refit+distill")
+    with pytest.raises(ValueError, match="reference"):
+        repair_model(gray, "ls-refit", data, RepairConfig())
