@@ -1,0 +1,146 @@
+"""Budgets over a whole network: what a choice of group widths costs, and the widths for a target.
+
+`WidthCost` is built once from the uncompressed model: every parameter tensor and every conv or
+linear's MACs (by torch's FlopCounter, per module) with the channel groups its input and output
+dimensions belong to. A conv's MACs and weights scale with (kept inputs / inputs) x (kept outputs /
+outputs), a BN's or bias's with its one group's share, so the cost of any widths is exact without
+building the model (tests compare it with the merged model's own FlopCounter count).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..surgery.groups import ChannelGroup
+
+Target = Literal["params", "macs"]
+
+
+@dataclass
+class _Dim:
+    """One dimension of a tensor: `width` entries, of which `parts[g]` belong to group g (the rest
+    fixed). A DenseNet layer's input, a concat, spans several groups."""
+
+    width: int
+    parts: dict[str, int] = field(default_factory=dict)
+
+    def share(self, kept: dict[str, int], channels: dict[str, int]) -> float:
+        fixed = self.width - sum(self.parts.values())
+        return (fixed + sum(n * kept.get(g, channels[g]) / channels[g] for g, n in self.parts.items())) / self.width
+
+
+@dataclass
+class _Term:
+    value: float  # parameters or MACs of this tensor / layer in the uncompressed model
+    dims: tuple[_Dim, ...]  # the dimensions that shrink with the groups (output, then input)
+
+
+@dataclass
+class WidthCost:
+    """Parameters and MACs as functions of the kept channels per group (root -> count)."""
+
+    channels: dict[str, int]
+    params: list[_Term] = field(default_factory=list)
+    macs: list[_Term] = field(default_factory=list)
+
+    def _total(self, terms: list[_Term], kept: dict[str, int]) -> float:
+        total = 0.0
+        for t in terms:
+            scale = 1.0
+            for d in t.dims:
+                scale *= d.share(kept, self.channels)
+            total += t.value * scale
+        return total
+
+    def cost(self, kept: dict[str, int]) -> dict[str, float]:
+        """{'params': ..., 'macs': ...} of the model with `kept` channels per group (others full)."""
+        return {"params": self._total(self.params, kept), "macs": self._total(self.macs, kept)}
+
+    @property
+    def full(self) -> dict[str, float]:
+        return self.cost({})
+
+
+def _module_dims(module: nn.Module, path: str, groups: Sequence[ChannelGroup]) -> tuple[_Dim | None, _Dim | None]:
+    """(output dimension, input dimension) of a layer with the groups' shares of each."""
+    widths = {"out": None, "in": None}
+    if isinstance(module, nn.Conv2d):
+        widths = {"out": module.out_channels, "in": module.in_channels}
+    elif isinstance(module, nn.Linear):
+        widths = {"out": module.out_features, "in": module.in_features}
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        widths = {"out": module.num_features, "in": None}
+    dims = {k: (_Dim(w) if w else None) for k, w in widths.items()}
+    for g in groups:
+        for use in g.uses:
+            if use.path != path:
+                continue
+            dim = dims["out" if use.role == "producer" else "in"]
+            if dim is not None:
+                dim.parts[g.root] = dim.parts.get(g.root, 0) + sum(len(v) for v in use.index.values())
+    return dims["out"], dims["in"]
+
+
+def _scaling(module: nn.Module, out_dim: _Dim | None, in_dim: _Dim | None, ndim: int) -> tuple[_Dim, ...]:
+    """The dimensions a tensor (or a layer's MACs, ndim 2) scales with."""
+    depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+    dims = (out_dim,) if ndim <= 1 or depthwise else (out_dim, in_dim)
+    return tuple(d for d in dims if d is not None and d.parts)
+
+
+def width_cost(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, int, int]) -> WidthCost:
+    """The cost model of `model` (uncompressed) over `groups` for inputs of `input_shape`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    usable = [g for g in groups if g.refused is None]
+    wc = WidthCost({g.root: g.channels for g in usable})
+    flags = {m: m.training for m in model.modules()}
+    p = next(model.parameters())
+    x = torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)  # fills per-size caches
+            with FlopCounterMode(display=False) as counter:
+                model(x)
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    root = type(model).__name__  # FlopCounterMode names modules '<root class>.<path>'
+    per_module = {k[len(root) + 1:]: v for k, v in counter.get_flop_counts().items() if k.startswith(root + ".")}
+    for path, module in model.named_modules():
+        out_dim, in_dim = _module_dims(module, path, usable)
+        for t in module.parameters(recurse=False):
+            wc.params.append(_Term(float(t.numel()), _scaling(module, out_dim, in_dim, t.ndim)))
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and path in per_module:
+            wc.macs.append(_Term(sum(per_module[path].values()) / 2, _scaling(module, out_dim, in_dim, 2)))
+    return wc
+
+
+def uniform_widths(cost: WidthCost, target: float, by: Target = "macs", skip: Sequence[str] = ()) -> dict[str, int]:
+    """Kept channels per group, the same share k for every group not in `skip`, with k as large as
+    keeps the cost at or below `target` x the full cost (bisection; at least one channel a group)."""
+    if not 0 < target <= 1:
+        raise ValueError(f"target must be a share in (0, 1]; got {target}")
+    goal = target * cost.full[by]
+
+    def widths(k: float) -> dict[str, int]:
+        return {g: (n if g in skip else max(1, int(k * n))) for g, n in cost.channels.items()}
+
+    if cost.cost(widths(1.0))[by] <= goal:
+        return widths(1.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost.cost(widths(mid))[by] <= goal:
+            lo = mid
+        else:
+            hi = mid
+    found = widths(lo)
+    if cost.cost(found)[by] > goal:
+        raise ValueError(f"no uniform share reaches {target:.0%} of the {by}: the groups left out by skip, or "
+                         "layers outside every group, cost more than that")
+    return found
