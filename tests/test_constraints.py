@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from achroma.models import create_model, load_state_dict_file, load_weights
 from achroma.io import save_checkpoint
+from achroma.pipeline.compress import _cluster_constrained
 from achroma.surgery import channel_constraints, merge_channels, resize_to_state_dict, trace_channel_uses
 from achroma.surgery.layers import ChannelShuffle, ShuffleBlock, convert_shuffles, restore_plain_shuffles
 
@@ -159,3 +160,18 @@ def test_shufflenet_branch_merge_keeps_its_shuffle_and_round_trips(tmp_path):
     load_weights(fresh, weights)
     with torch.no_grad():
         assert torch.equal(fresh.eval()(x), merged(x))
+
+
+def test_constrained_clustering_is_balanced():
+    model = _model(GroupNet)
+    c = channel_constraints(model, "stem", _x())
+    rng = np.random.default_rng(0)
+    pts = rng.random((8, 2))
+    dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    for method in ("dbscan", "agglomerative", "kmeans"):
+        clustering, _ = _cluster_constrained(dist, c, method, None, 0.5, "stem", 1)
+        groups = [(rep, np.flatnonzero(clustering.labels == k).tolist())
+                  for k, rep in enumerate(clustering.representatives)]
+        c.check(groups)  # within groups, balanced
+        assert clustering.n_clusters == 4
+        merge_channels(model, "stem", clustering, _x())
