@@ -175,3 +175,32 @@ def test_constrained_clustering_is_balanced():
         c.check(groups)  # within groups, balanced
         assert clustering.n_clusters == 4
         merge_channels(model, "stem", clustering, _x())
+
+
+class GroupClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.grouped(torch.relu(self.bn(self.stem(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_compress_clusters_within_groups_and_keeps_them_balanced():
+    from achroma.data import ImageDataset
+    from achroma.pipeline import compress
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageDataset(torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(20) % 10,
+                        [f"c{i}" for i in range(10)], name="synthetic", split="test")
+    torch.manual_seed(0)
+    result = compress(GroupClassifier().eval(), "cifar", data, data, layers="stem", keep=0.5, repair="none",
+                      fields_kw={"steps": 3}, progress=False, log=None)
+    labels = result.layers[0].clustering.labels
+    assert all(labels[i] != labels[j] for i in range(4) for j in range(4, 8))  # no cluster across groups
+    merged = result.final_model
+    assert merged.stem.out_channels == 4 and merged.grouped.groups == 2 and merged.grouped.in_channels == 4
