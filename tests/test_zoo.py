@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -179,20 +180,29 @@ def _merge_case(model: nn.Module, x: torch.Tensor, path: str) -> dict:
         return {"path": path, "refused": str(err)}
     with torch.no_grad():
         before, after = work(x), merged(x)
+    count_merged, width = _count(merged), merged.get_submodule(path).out_channels
+    del merged
     return {"path": path, "pairs": pairs, "rel": _rel(after, before), "shape_ok": after.shape == before.shape,
-            "channels": (n, merged.get_submodule(path).out_channels),
-            "params": (_count(work), _count(merged), _removed_params(work, uses, len(pairs))),
+            "channels": (n, width),
+            "params": (_count(work), count_merged, _removed_params(work, uses, len(pairs))),
             "constrained": [p.path for p in constraints.partitions]}
+
+
+@contextmanager
+def one_thread():
+    """On the shared 2-core machine two torch threads made these cases up to 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @lru_cache(maxsize=None)
 def zoo_case(fam: str) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a shared 2-core machine two threads made it up to 10x slower
-    try:
+    with one_thread():
         return _zoo_case(fam)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _zoo_case(fam: str) -> dict:
@@ -202,6 +212,7 @@ def _zoo_case(fam: str) -> dict:
     gray, _ = fold_to_gray(model, "imagenet", example_input=gray_in)
     with torch.no_grad():
         fold_rel = _rel(gray(gray_in), model(norm(gray_in.expand(-1, 3, -1, -1))))
+    del gray  # VGG's and AlexNet's float64 copies are 0.5-1 GB each: keep as few alive as possible
     order = _forward_conv_order(model, x)
     first, middle = order[0], order[len(order) // 2]
     cases = {"first": _merge_case(model, x, first)}
@@ -259,6 +270,11 @@ def test_regnet_y_unbalanced_groups_are_refused():
     assert case["inner"].get("constrained"), "the inner conv's group should reach a grouped conv"
     model, x = _build(fam)
     path = case["inner"]["path"]
+    with one_thread():
+        _check_regnet_refusals(model, path, x)
+
+
+def _check_regnet_refusals(model, path, x):
     constraints = channel_constraints(model, path, x)
     block = constraints.blocks()[0]
     labels = np.arange(constraints.n_channels)
