@@ -63,7 +63,7 @@ def test_a_cluster_cut_by_a_split_is_an_error_not_a_partial_merge():
     model = Split().eval()
     x = torch.rand(1, 1, 8, 8)
     labels = np.array([0, 1, 2, 3, 3, 4, 5, 6])  # channels 3 and 4 sit in different halves
-    with pytest.raises(ValueError, match="only partly visible"):
+    with pytest.raises(ValueError, match="straddles the parts"):
         merge_channels(model, "conv", labels, x)
     within = merge_channels(model, "conv", np.array([0, 0, 1, 2, 3, 4, 5, 5]), x)  # whole halves merge
     assert within.left.in_channels == 3 and within.right.in_channels == 3

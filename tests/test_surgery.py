@@ -402,7 +402,8 @@ def test_single_cluster_is_rejected():
         merge_channels(create_model("resnet-cifar-20"), "conv1", np.zeros(16, dtype=int), _example(torch.float32))
 
 
-def test_grouped_conv_in_group_is_rejected():
+def test_grouped_conv_in_group_needs_clusters_within_groups():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2))
-    with pytest.raises(ValueError, match="grouped conv"):
-        merge_channels(model, "0", np.arange(8) // 2, torch.rand(1, 3, 8, 8))
+    merge_channels(model, "0", np.arange(8) // 2, torch.rand(1, 3, 8, 8))  # pairs inside groups: fine
+    with pytest.raises(ValueError, match="straddles the groups"):
+        merge_channels(model, "0", np.array([0, 1, 2, 3, 3, 4, 5, 6]), torch.rand(1, 3, 8, 8))

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..clustering import AgglomerativeClustering, Clustering, DBSCANClustering, search_keep
+from ..clustering import (AgglomerativeClustering, Clustering, DBSCANClustering, KMeansClustering, keep_target,
+                          minmax_scale, search_keep)
 from ..data import ImageDataset, get_normalization
 from ..distances import pairwise_distances
 from ..fields import ReceptiveFields, compute_receptive_fields, resolve_conv
 from ..models.inspect import input_channels
 from ..fold import GRAY_NORMALIZATION, FoldReport, find_input_conv, fold_to_gray
-from ..surgery import check_disjoint_groups, merge_channels
+from ..surgery import ChannelConstraints, channel_constraints, check_disjoint_groups, merge_channels
 from ..training import count_parameters, evaluate
 from .repairs import RepairConfig, repair_model
 from .spec import check_cluster_setting, check_metric, check_repairs, per_layer, resolve_layers
@@ -138,6 +139,71 @@ def _cluster(dist: np.ndarray, method: str, eps: float | None, keep: float | Non
     if used is None and method == "agglomerative" and eps is not None:
         used = float(eps)
     return result, used
+
+
+def _balanced_removals(blocks: list[list[int]], removals: list[int], constraints: ChannelConstraints) -> list[int]:
+    """Lower per-block removal counts until every balanced partition loses equally in each of its blocks."""
+    removals = list(removals)
+    changed = True
+    while changed:
+        changed = False
+        for part in constraints.partitions:
+            if not part.balanced:
+                continue
+            members: list[list[int]] = [[] for _ in range(part.n_blocks)]  # meet blocks inside each block
+            for i, block in enumerate(blocks):
+                if block[0] in part.block:
+                    members[part.block[block[0]]].append(i)
+            lost = [sum(removals[i] for i in inside) for inside in members]
+            floor = min(lost)
+            for inside, total in zip(members, lost):
+                for i in sorted(inside, key=lambda i: -removals[i]):
+                    if total <= floor:
+                        break
+                    cut = min(removals[i], total - floor)
+                    removals[i] -= cut
+                    total -= cut
+                    changed = changed or cut > 0
+    return removals
+
+
+def _cluster_constrained(dist: np.ndarray, constraints: ChannelConstraints, method: str, eps: float | None,
+                         keep: float | None, layer: str, min_samples: int) -> tuple[Clustering, float | None]:
+    """Cluster within each block the surgery allows (grouped convs, channel splits), keep applied per block.
+
+    With `keep`, each block keeps round(keep * size) filters, lowered where a grouped conv or a
+    split needs its blocks to lose equally; the count per block is then exact: kmeans and
+    agglomerative take it as n_clusters, dbscan (min_samples 1 is single linkage cut at eps) becomes
+    single-linkage agglomerative with that count. With `eps`, every block is clustered with the
+    same eps on the layer's scaled matrix; merge_channels refuses the result if it is unbalanced.
+    """
+    blocks = constraints.blocks()
+    labels = np.zeros(constraints.n_channels, dtype=np.int64)
+    reps: list[int] = []
+    if keep is not None:
+        removals = [len(b) - keep_target(len(b), keep) for b in blocks]
+        removals = _balanced_removals(blocks, removals, constraints)
+    scaled = minmax_scale(dist)
+    for i, block in enumerate(blocks):
+        sub = scaled[np.ix_(block, block)]
+        if len(block) == 1 or (keep is not None and removals[i] == 0):
+            sub_labels, sub_reps = np.arange(len(block)), list(range(len(block)))
+        else:
+            if keep is not None:
+                k = len(block) - removals[i]
+                est = (KMeansClustering(n_clusters=k) if method == "kmeans" else AgglomerativeClustering(
+                    n_clusters=k, linkage="single" if method == "dbscan" else "average", scale=None))
+            elif method == "dbscan":
+                est = DBSCANClustering(eps=float(eps), min_samples=min_samples, scale=None)
+            else:
+                est = AgglomerativeClustering(distance_threshold=float(eps), scale=None)
+            part = est.fit(sub).to_clustering()
+            sub_labels, sub_reps = part.labels, part.representatives
+        for local, label in enumerate(sub_labels):
+            labels[block[local]] = len(reps) + int(label)
+        reps.extend(block[r] for r in sub_reps)
+    clustering = Clustering(labels, reps, len(reps), method, {"constrained_blocks": len(blocks)}, layer)
+    return clustering, (None if keep is not None else eps)
 
 
 def compress(
@@ -336,7 +402,12 @@ def _merge_layer(current: nn.Module, color: nn.Module, path: str, metric: str | 
         timings[f"fields {path}"] = time.perf_counter() - t
         kw = {"r": imed_r} if metric == "imed" else {}
         dist = pairwise_distances(rf.gray, metric, **kw)
-        clustering, used_eps = _cluster(dist, cluster_method, eps, keep, path, min_samples)
+        constraints = channel_constraints(current, path, example)
+        if constraints.free:
+            clustering, used_eps = _cluster(dist, cluster_method, eps, keep, path, min_samples)
+        else:  # grouped convs / channel splits in the group: cluster within the blocks they allow
+            clustering, used_eps = _cluster_constrained(dist, constraints, cluster_method, eps, keep, path,
+                                                        min_samples)
         clustering.params.update(metric=metric, **kw)
         if keep is not None:
             clustering.params["keep"] = keep

@@ -2,12 +2,17 @@
 
     >>> merged = merge_channels(model, "stem", clustering, torch.rand(1, 1, 32, 32))
     >>> save_checkpoint("merged", merged, {**meta, "surgery": True})
+
+Layers whose channels reach a grouped conv or a channel split merge only clusterings that
+`channel_constraints(model, layer, x)` allows (`.blocks()`, equal removals per block).
 """
-from .graph import ChannelUse, conv_paths, trace_channel_uses
-from .layers import ChannelMapShortcut, convert_shortcuts
+from .graph import (ChannelConstraints, ChannelUse, Partition, channel_constraints, conv_paths,
+                    trace_channel_group, trace_channel_uses)
+from .layers import ChannelMapShortcut, ChannelShuffle, convert_shortcuts, convert_shuffles
 from .merge import cluster_groups, merge_channels
 from .overlap import check_disjoint_groups
 from .reshape import resize_to_state_dict
 
-__all__ = ["ChannelUse", "ChannelMapShortcut", "check_disjoint_groups", "cluster_groups", "conv_paths", "convert_shortcuts",
-           "merge_channels", "resize_to_state_dict", "trace_channel_uses"]
+__all__ = ["ChannelConstraints", "ChannelMapShortcut", "ChannelShuffle", "ChannelUse", "Partition",
+           "channel_constraints", "check_disjoint_groups", "cluster_groups", "conv_paths", "convert_shortcuts",
+           "convert_shuffles", "merge_channels", "resize_to_state_dict", "trace_channel_group", "trace_channel_uses"]

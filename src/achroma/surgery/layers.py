@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch_pruning.pruner.function import BasePruningFunc, ConvPruner
+from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleNetBlock
 
 from ..fold.border import BorderCorrectedConv2d, _identity
 from ..models.resnet_cifar import PadShortcut
@@ -167,4 +168,93 @@ class BorderConvPruner(ConvPruner):
 
 def customized_pruners() -> dict[type, BasePruningFunc]:
     """Fresh pruner instances for the layer types the dependency graph needs told about."""
-    return {ChannelMapShortcut: ChannelMapPruner(), BorderCorrectedConv2d: BorderConvPruner()}
+    return {ChannelMapShortcut: ChannelMapPruner(), ChannelShuffle: ChannelMapPruner(),
+            BorderCorrectedConv2d: BorderConvPruner()}
+
+
+# ShuffleNet v2's channel shuffle ------------------------------------------------------------------
+#
+# torchvision's `channel_shuffle(x, 2)` is view(B, 2, C/2, H, W) -> transpose(1, 2) -> view(B, C, H, W):
+# output channel 2i + g reads input channel g*C/2 + i. Torch-Pruning 1.6 cannot map it: its reshape
+# index mapping only knows flatten-like 4D <-> 2D views, infers the 5-D view's channel count as 0 and
+# fails with ZeroDivisionError while building the graph (so even the first conv, whose channels never
+# reach a shuffle, could not be merged), and a transpose is seen as an element-wise op (identity).
+# Beyond the tracer, the shuffle is positional: it interleaves two *equal* halves, and the next block
+# splits its input with chunk(2) at C/2. Removing channels from one half only (which is what merging
+# one branch's filters does) would shift every later channel to another half. So a merge cannot
+# cross a shuffle with torchvision's own forward code. We make the shuffle an explicit, fixed channel
+# routing instead: `ChannelShuffle` holds the shuffle's 0/1 matrix (one 1 per row: each output reads
+# one input). Merging treats it like the option-A shortcut map: it *reads* the merged channels
+# (columns summed: the merged channel feeds every output position its members fed) and its outputs
+# stay as they were, so the chunk and the next blocks keep their widths. Its forward is a gather,
+# not a matrix product, so it costs what the view/transpose cost.
+
+
+def shuffle_matrix(channels: int, groups: int = 2) -> torch.Tensor:
+    """The 0/1 matrix of torchvision's channel_shuffle: out[j] = in[(j % groups) * C/groups + j // groups]."""
+    per = channels // groups
+    j = torch.arange(channels)
+    matrix = torch.zeros(channels, channels)
+    matrix[j, (j % groups) * per + j // groups] = 1.0
+    return matrix
+
+
+class ChannelShuffle(ChannelMapShortcut):
+    """A channel routing out[:, o] = x[:, src(o)], stored as a 0/1 matrix with one 1 per row."""
+
+    def __init__(self, matrix: torch.Tensor):
+        super().__init__(matrix, stride=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ones = self.matrix.count_nonzero(dim=1)
+        if bool((ones == 1).all()) and bool(((self.matrix == 0) | (self.matrix == 1)).all()):
+            return x.index_select(1, self.matrix.argmax(dim=1))
+        return super().forward(x)  # a general map (never produced by merging a shuffle)
+
+    def is_plain_shuffle(self, groups: int = 2) -> bool:
+        """Whether the map is still torchvision's channel_shuffle(x, groups) on a square input."""
+        return (self.in_channels == self.out_channels and self.in_channels % groups == 0
+                and torch.equal(self.matrix, shuffle_matrix(self.in_channels, groups).to(self.matrix)))
+
+
+class ShuffleBlock(ShuffleNetBlock):
+    """torchvision's ShuffleNet v2 block with its channel shuffle as a `ChannelShuffle` module."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return self.shuffle(out)
+
+
+def _block_channels(block: nn.Module) -> int:
+    convs = [m for m in block.branch2.modules() if isinstance(m, nn.Conv2d)]
+    return 2 * convs[-1].out_channels
+
+
+def convert_shuffles(model: nn.Module, only: set[str] | None = None) -> nn.Module:
+    """Make every ShuffleNet v2 block's channel shuffle an explicit `ChannelShuffle` (in place, exact).
+
+    `only`: paths of the blocks to convert (default: all). Returns `model`.
+    """
+    for path, block in list(model.named_modules()):
+        if type(block) is ShuffleNetBlock and (only is None or path in only):
+            like = next(block.parameters())
+            block.__class__ = ShuffleBlock
+            block.shuffle = ChannelShuffle(shuffle_matrix(_block_channels(block)).to(like))
+    return model
+
+
+def restore_plain_shuffles(model: nn.Module) -> nn.Module:
+    """Undo `convert_shuffles` on every block whose shuffle a merge left untouched (in place).
+
+    Blocks whose shuffle now routes a merged channel keep their `ChannelShuffle` (its matrix is in
+    the state dict; `resize_to_state_dict` rebuilds it on load).
+    """
+    for block in model.modules():
+        if type(block) is ShuffleBlock and block.shuffle.is_plain_shuffle():
+            del block.shuffle
+            block.__class__ = ShuffleNetBlock
+    return model

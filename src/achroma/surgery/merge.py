@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .graph import ChannelUse, build_graph, channel_uses, resolve_conv
-from .layers import convert_shortcuts
+from .graph import (ChannelUse, build_graph, channel_uses, constraints_of, is_grouped, prepare_for_surgery,
+                    resolve_conv)
+from .layers import restore_plain_shuffles
 from .scales import channel_scales, is_batchnorm, member_scales, merge_batchnorm, merge_consumer, merge_linear
 
 if TYPE_CHECKING:  # importing achroma.clustering pulls in scikit-learn; not needed at run time
@@ -116,6 +117,49 @@ def _fold_use(module: nn.Module, use: ChannelUse, groups: list[tuple[int, list[i
             tensor.index_copy_(axis, rep_idx.to(tensor.device), value.to(tensor.dtype))
 
 
+@torch.no_grad()
+def _fold_grouped_consumer(conv: nn.Conv2d, use: ChannelUse, groups: list[tuple[int, list[int]]],
+                           scale: dict[int, torch.Tensor] | None) -> None:
+    """Sum each cluster's input slices into the representative's, within the one group that reads them.
+
+    A grouped conv's weight is (out, in/groups, k, k): input channel i is slot i % (in/groups) of
+    group i // (in/groups), read only by that group's outputs. ChannelConstraints.check has made
+    sure every cluster sits in one group. Slices are summed at the members' scales, as `_fold_use` does.
+    """
+    per, out_per = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+    weight = conv.weight
+    for rep, members in _visible(use, groups):
+        g = use.index[rep][0] // per
+        rows = weight[g * out_per:(g + 1) * out_per]
+        slots = [[use.index[m][0] % per] for m in members]
+        value = merge_consumer(rows, 1, slots, member_scales(scale, members, weight))
+        rows[:, use.index[rep][0] % per] = value[:, 0].to(weight.dtype)
+
+
+def _grouped_consumer_weights(modules: dict[str, nn.Module], uses: list[ChannelUse],
+                              removed: list[int]) -> dict[str, torch.Tensor]:
+    """The weights grouped consumer convs must have once `removed` root channels are gone.
+
+    Torch-Pruning 1.6's ConvPruner.prune_in_channels keeps, for every group, the slots that group 0
+    keeps (keep_idxs[:len // groups]): right when each group loses the same slots, wrong when the
+    merged channels sit at different places in different groups. The right weights are made here,
+    before pruning, and put back after it.
+    """
+    fixed = {}
+    for use in uses:
+        conv = modules[use.path]
+        if use.role != "consumer" or not is_grouped(conv):
+            continue
+        per, out_per = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+        gone = {use.index[m][0] for m in removed if m in use.index}
+        parts = []
+        for g in range(conv.groups):
+            keep = [s for s in range(per) if g * per + s not in gone]
+            parts.append(conv.weight.data[g * out_per:(g + 1) * out_per][:, keep])
+        fixed[use.path] = torch.cat(parts, 0)
+    return fixed
+
+
 def merge_channels(
     model: nn.Module,
     layer_path: str,
@@ -130,22 +174,31 @@ def merge_channels(
     channel count, a single cluster, or layers in the group that cannot be merged.
     """
     resolve_conv(model, layer_path)
-    work = convert_shortcuts(copy.deepcopy(model))
+    work = prepare_for_surgery(copy.deepcopy(model))
     conv = resolve_conv(work, layer_path)
     groups = cluster_groups(clustering, conv.out_channels)
     dg = build_graph(work, example_input)
     if conv not in dg.module2node:
         raise ValueError(f"layer {layer_path!r} is not reached by a forward pass of the example input")
     uses = channel_uses(dg, work, conv)
+    constraints_of(dg, work, conv, layer_path, uses).check(groups)  # grouped convs, channel splits
     modules = dict(work.named_modules())
     for use in uses:  # errors (a cluster cut by a split) before anything changes
         _visible(use, groups)
     scales, reads = channel_scales(dg, uses, modules)
     for use in uses:
-        _fold_use(modules[use.path], use, groups, scales.get(use.path) or scales.get(reads.get(use.path, "")))
+        scale = scales.get(use.path) or scales.get(reads.get(use.path, ""))
+        if use.role == "consumer" and is_grouped(modules[use.path]):
+            _fold_grouped_consumer(modules[use.path], use, groups, scale)
+        else:
+            _fold_use(modules[use.path], use, groups, scale)
     removed = sorted(m for rep, members in groups for m in members if m != rep)
     if removed:
+        grouped = _grouped_consumer_weights(modules, uses, removed)
         pruner = dg.get_pruner_of_module(conv)
         dg.get_pruning_group(conv, pruner.prune_out_channels, removed).prune(record_history=False)
+        for path, weight in grouped.items():
+            modules[path].weight = nn.Parameter(weight, requires_grad=modules[path].weight.requires_grad)
+    restore_plain_shuffles(work)  # shuffles the merge did not reach become torchvision's own again
     work.achroma_surgery = True
     return work

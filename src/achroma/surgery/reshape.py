@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..fold.border import BorderCorrectedConv2d
 from ..models.resnet_cifar import PadShortcut
-from .layers import ChannelMapShortcut
+from .layers import ChannelMapShortcut, ChannelShuffle, ShuffleBlock, ShuffleNetBlock
 
 
 def _conv_like(old: nn.Conv2d, state: Mapping[str, torch.Tensor], prefix: str) -> nn.Conv2d | None:
@@ -25,8 +25,10 @@ def _conv_like(old: nn.Conv2d, state: Mapping[str, torch.Tensor], prefix: str) -
     out_ch, per_group = int(weight.shape[0]), int(weight.shape[1])
     if old.groups == 1:
         groups = 1
-    else:  # keep the channel multiplier: depthwise stays depthwise with fewer channels
+    elif old.groups == old.in_channels:  # keep the channel multiplier: depthwise stays depthwise with fewer channels
         groups = out_ch // (old.out_channels // old.groups)
+    else:  # a grouped conv keeps its number of groups; merging removes channels from every group equally
+        groups = old.groups
     same = (tuple(weight.shape) == tuple(old.weight.shape) and has_bias == (old.bias is not None)
             and has_border == isinstance(old, BorderCorrectedConv2d) and groups == old.groups)
     if same:
@@ -68,6 +70,12 @@ def resize_to_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
     Weights of rebuilt layers are left uninitialized-ish (fresh init): load `state` afterwards.
     Returns `model`. Layers of other types are left alone (a strict load then reports them).
     """
+    for path, block in list(model.named_modules()):  # ShuffleNet blocks whose shuffle routes a merged channel
+        prefix = f"{path}.shuffle." if path else "shuffle."
+        if type(block) in (ShuffleNetBlock, ShuffleBlock) and prefix + "matrix" in state:
+            matrix = state[prefix + "matrix"]
+            block.__class__ = ShuffleBlock
+            block.shuffle = ChannelShuffle(torch.zeros(tuple(matrix.shape), dtype=matrix.dtype))
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             prefix = f"{parent_name}.{name}." if parent_name else f"{name}."
@@ -78,7 +86,7 @@ def resize_to_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
                 new = _batchnorm_like(child, state, prefix)
             elif isinstance(child, nn.Linear):
                 new = _linear_like(child, state, prefix)
-            elif isinstance(child, (PadShortcut, ChannelMapShortcut)):
+            elif isinstance(child, (PadShortcut, ChannelMapShortcut)) and not isinstance(child, ChannelShuffle):
                 new = _shortcut_like(child, state, prefix)
             if new is not None:
                 new.train(child.training)
