@@ -26,7 +26,7 @@ def resolve_conv(model: nn.Module, path: str) -> nn.Conv2d:
         return module
     names = conv_layer_names(model)
     shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-    what = "is not a Conv2d" if module is not None else "is not a module of this model"
+    what = f"is a {type(module).__name__}, not a Conv2d" if module is not None else "is not a module of this model"
     raise ValueError(f"layer {path!r} {what}; conv layers: {shown or 'none'} (or 'first')")
 
 

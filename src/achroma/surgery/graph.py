@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..models.inspect import conv_layer_names, resolve_conv
 from .layers import ChannelMapShortcut, convert_shortcuts, convert_shuffles, customized_pruners, dense_shortcuts
 
 Role = Literal["producer", "consumer"]
@@ -49,18 +50,7 @@ class ChannelUse:
                 "index": {str(k): v for k, v in self.index.items()}}
 
 
-def conv_paths(model: nn.Module) -> list[str]:
-    """Paths (as in named_modules) of every Conv2d in the model, in definition order."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-
-
-def resolve_conv(model: nn.Module, layer_path: str) -> nn.Conv2d:
-    """The Conv2d at `layer_path`, or a ValueError that lists the valid paths."""
-    module = dict(model.named_modules()).get(layer_path)
-    if not isinstance(module, nn.Conv2d):
-        what = "no module" if module is None else f"a {type(module).__name__}, not a Conv2d,"
-        raise ValueError(f"{what} at layer path {layer_path!r}; conv layers: {', '.join(conv_paths(model))}")
-    return module
+conv_paths = conv_layer_names  # every Conv2d's path, in definition order (one definition: models.inspect)
 
 
 def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
