@@ -96,3 +96,19 @@ def test_whole_network_merge_of_exact_duplicates_changes_nothing(name):
         out = merged(X)
     assert (out - reference).abs().max() <= 1e-9 * reference.abs().max()
     assert count_parameters(merged) < count_parameters(gray)
+
+
+def test_plan_budget_for_a_color_model_with_a_skipped_stream():
+    from achroma.pipeline.budget import plan_budget
+    from achroma.pipeline.spec import resolve_layers
+
+    color = create_model("resnet-cifar-20").eval()
+    plan = plan_budget(color, "cifar", 0.5, "macs", skip=["layer1.1.conv2"])  # any writer names its stream
+    assert plan.skipped == ["conv1"] and "conv1" not in plan.layers
+    assert plan.predicted["macs"] <= 0.5 * plan.full["macs"]
+    assert resolve_layers(color, "all") == [g.root for g in channel_groups(_gray("resnet-cifar-20"), X)]
+    gray = fold_to_gray(color.double(), "cifar", example_input=X)[0]
+    merged = _merge_to(gray, {g: n for g, n in plan.widths.items() if g in plan.layers})
+    assert count_macs(merged, (1, 32, 32)) == pytest.approx(plan.predicted["macs"], abs=0.5)
+    with pytest.raises(ValueError, match="not a conv that writes a channel group"):
+        plan_budget(color, "cifar", 0.5, skip=["bn1"])

@@ -21,8 +21,15 @@ def register(sub) -> None:
     p.add_argument("--display-name", default=None, help="the data set's name in the report (default: the loader's, "
                    "e.g. 'CIFAR-10 (JPEG)')")
     p.add_argument("--download", action="store_true", help="download the data set if it is not found")
-    p.add_argument("--layers", default="first:1",
-                   help="conv module paths and/or first:N, comma-separated, merged in this order (default first:1)")
+    p.add_argument("--layers", default=None,
+                   help="conv module paths and/or first:N, comma-separated, merged in this order, or 'all' (every "
+                        "channel group; default first:1, or all with a target)")
+    p.add_argument("--target-macs", type=float, default=None,
+                   help="whole-network budget: the share of the folded model's MACs to keep (e.g. 0.5); every group "
+                        "keeps the same share")
+    p.add_argument("--target-params", type=float, default=None, help="the same for the parameters")
+    p.add_argument("--skip", default=None, help="with a target: groups to leave whole, named by a conv that writes "
+                   "them (e.g. conv1 for a ResNet's first residual stream)")
     p.add_argument("--metric", default="mse", help="mse | ssim | cosine | brightness | imed; one, or one per layer "
                    "(e.g. mse,imed: the notebook's)")
     p.add_argument("--cluster", default="dbscan", choices=["dbscan", "kmeans", "agglomerative"])
@@ -89,6 +96,26 @@ def _load_clusterings(spec: str | None, paths: list[str]) -> dict:
     return out
 
 
+def _budget(args, model, normalize, size: int):
+    """The plan for --target-macs / --target-params (None without one); the layers and keep it sets."""
+    targets = [(by, v) for by, v in (("macs", args.target_macs), ("params", args.target_params)) if v is not None]
+    if not targets:
+        if args.skip:
+            raise ValueError("--skip needs --target-macs or --target-params")
+        return None
+    if len(targets) > 1:
+        raise ValueError("give one of --target-macs and --target-params")
+    if args.keep is not None or args.eps is not None:
+        raise ValueError("a target sets the share each group keeps: give no --keep or --eps with it")
+    if args.layers not in ("all", None):
+        raise ValueError("a target plans every channel group: use --layers all (and --skip to leave groups whole)")
+    from ..pipeline.budget import plan_budget
+    from ..pipeline.spec import split_list
+
+    by, target = targets[0]
+    return plan_budget(model, normalize, target, by, skip=split_list(args.skip), size=size)
+
+
 def run(args) -> int:
     import torch
 
@@ -110,7 +137,16 @@ def run(args) -> int:
     model, _, normalize, meta = resolve_model(args)
     train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
     test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
-    paths = resolve_layers(model, args.layers, int(test_set.images.shape[-1]))
+    size = int(test_set.images.shape[-1])
+    budget = _budget(args, model, normalize, size)
+    if budget is not None:  # the groups and the share each keeps come from the target
+        args.layers, args.keep = ",".join(budget.layers), ",".join(f"{k:.6f}" for k in budget.keep)
+        if log:
+            log(f"budget: {budget.predicted['macs'] / budget.full['macs']:.1%} of the MACs and "
+                f"{budget.predicted['params'] / budget.full['params']:.1%} of the parameters of the folded model "
+                f"kept, {len(budget.layers)} groups merged" + (f", skipped {', '.join(budget.skipped)}"
+                                                                 if budget.skipped else ""))
+    paths = resolve_layers(model, args.layers or "first:1", size)
     given = _load_clusterings(args.clustering, paths)
     for name, values in (("--eps", args.eps), ("--keep", args.keep)):
         per_layer(values, len(paths), name, float)

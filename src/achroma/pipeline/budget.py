@@ -144,3 +144,48 @@ def uniform_widths(cost: WidthCost, target: float, by: Target = "macs", skip: Se
         raise ValueError(f"no uniform share reaches {target:.0%} of the {by}: the groups left out by skip, or "
                          "layers outside every group, cost more than that")
     return found
+
+
+@dataclass
+class BudgetPlan:
+    """What a budget asks of each group: the layers to merge (group roots) and the share each keeps."""
+
+    layers: list[str]
+    keep: list[float]
+    widths: dict[str, int]
+    predicted: dict[str, float]  # params and MACs of the folded gray model at these widths
+    full: dict[str, float]  # ... and uncompressed
+    skipped: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"layers": self.layers, "keep": self.keep, "widths": self.widths, "predicted": self.predicted,
+                "full": self.full, "skipped": self.skipped, "refused": self.refused}
+
+
+def plan_budget(color_model: nn.Module, normalization, target: float, by: Target = "macs",
+                skip: Sequence[str] = (), size: int = 32) -> BudgetPlan:
+    """Widths for every channel group of the folded gray model so that `by` is at most `target` of
+    the uncompressed gray model's, the same share kept in every group (uniform allocation).
+
+    `skip` names groups to leave whole (by any conv that writes them, e.g. 'conv1' for a ResNet's
+    first stream). Returns the layers (group roots) and per-layer keep shares for `compress`.
+    """
+    from ..fold import fold_to_gray
+    from ..surgery.groups import channel_groups
+
+    gray, _ = fold_to_gray(color_model, normalization)
+    p = next(gray.parameters())
+    groups = channel_groups(gray, torch.zeros(1, 1, size, size, dtype=p.dtype, device=p.device))
+    refused = {g.root: g.refused for g in groups if g.refused}
+    writers = {w: g.root for g in groups for w in g.writers}
+    unknown = [s for s in skip if s not in writers]
+    if unknown:
+        raise ValueError(f"--skip {', '.join(unknown)}: not a conv that writes a channel group; "
+                         f"groups: {', '.join(g.root for g in groups)}")
+    skipped = sorted({writers[s] for s in skip})
+    cost = width_cost(gray, groups, (1, size, size))
+    widths = uniform_widths(cost, target, by, skip=skipped)
+    layers = [g for g, n in widths.items() if n < cost.channels[g]]
+    return BudgetPlan(layers, [widths[g] / cost.channels[g] for g in layers], widths, cost.cost(widths), cost.full,
+                      skipped, refused)

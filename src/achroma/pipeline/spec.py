@@ -1,8 +1,9 @@
 """Parse and check what `compress` is asked to do: which layers, and one setting per layer.
 
-Layers are module paths, 'first' (the first conv in forward order) or 'first:N' (the first N
-convs in forward order). Folding and merging keep module paths, so a layer list resolved on the
-color model names the same layers in the folded and merged models.
+Layers are module paths, 'first' (the first conv in forward order), 'first:N' (the first N
+convs in forward order) or 'all' (the root conv of every channel group, see surgery.groups).
+Folding and merging keep module paths, so a layer list resolved on the color model names the
+same layers in the folded and merged models.
 """
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str], size: int = 32
     order: list[str] | None = None
     paths: list[str] = []
     for token in tokens:
+        if token == "all":
+            paths.extend(group_roots(model, size))
+            continue
         n = parse_first(token)
         if n is None:
             resolve_conv(model, token)
@@ -68,6 +72,18 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str], size: int = 32
     if twice:
         raise ValueError(f"layer named more than once: {', '.join(twice)}")
     return paths
+
+
+def group_roots(model: nn.Module, size: int = 32) -> list[str]:
+    """'all': the root conv of every channel group that can be merged, in forward order."""
+    import torch
+
+    from ..models.inspect import input_channels
+    from ..surgery.groups import channel_groups
+
+    p = next(model.parameters())
+    x = torch.zeros(1, input_channels(model, size), size, size, dtype=p.dtype, device=p.device)
+    return [g.root for g in channel_groups(model, x) if g.refused is None]
 
 
 def per_layer(values: Any, n: int, what: str, cast: Callable[[Any], T] = lambda v: v) -> list[T | None]:
