@@ -1,5 +1,5 @@
 """Deployment: ONNX export agrees with PyTorch in ONNX Runtime for every model family, folded and merged;
-`achroma export` refuses bad exports and writes nothing.
+`achroma export` refuses bad exports and writes nothing; `achroma bench` times models round-robin.
 
 The ONNX tests skip cleanly without the `achroma[onnx]` extra (CI installs it, so they run there);
 the missing-extra test runs either way (it hides the packages).
@@ -108,7 +108,7 @@ def test_export_refused_when_onnx_runtime_disagrees(tmp_path, capsys, monkeypatc
     assert list(tmp_path.iterdir()) == []  # no file, no temporary left behind
 
 
-@pytest.mark.parametrize("command", ["export"])
+@pytest.mark.parametrize("command", ["export", "bench"])
 def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch, command):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     weights = str(default_model_path())
@@ -118,3 +118,43 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch, comm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "achroma[onnx]" in err[0] and "onnxruntime" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_pytorch_only_without_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    model, meta = load_checkpoint(default_model_path())
+    gray, report = fold_to_gray(model, meta["normalization"])
+    save_checkpoint(tmp_path / "in" / "gray", gray, report.checkpoint_meta())
+    out = tmp_path / "bench"
+    assert main(["bench", "--weights", str(default_model_path()), "--weights", str(tmp_path / "in" / "gray.safetensors"),
+                 "--name", "color", "--name", "folded", "--engines", "torch", "--threads", "1", "--runs", "2",
+                 "--throughput-runs", "1", "--warmup", "0", "--batch", "4", "--out", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert [(r["model"], r["engine"], r["threads"]) for r in result["rows"]] == [("color", "torch", 1),
+                                                                                ("folded", "torch", 1)]
+    assert result["rows"][0]["latency_speedup"] == 1.0 and result["rows"][1]["macs"] < result["rows"][0]["macs"]
+    assert "| folded |" in (out / "bench.md").read_text() and "| folded |" in capsys.readouterr().out
+
+
+@requires_onnx
+def test_bench_round_robin_in_both_engines():
+    from achroma.deploy.bench import bench, render_markdown
+
+    torch.manual_seed(0)
+    small = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    wide = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    result = bench({"wide": (wide, (1, 8, 8)), "small": (small, (1, 8, 8))}, threads=[1, 2], batch=4, runs=3,
+                   throughput_runs=2, warmup=1)
+    assert len(result["rows"]) == 2 * 2 * 2
+    assert {(r["engine"], r["threads"]) for r in result["rows"]} == {(e, n) for e in ("torch", "onnxruntime")
+                                                                     for n in (1, 2)}
+    for r in result["rows"]:
+        assert r["latency_b1"]["runs"] == 3 and r["latency_b1"]["p90_ms"] >= r["latency_b1"]["median_ms"] > 0
+        assert r["throughput"]["batch"] == 4 and r["throughput"]["images_per_s"] > 0
+        if r["model"] == "wide":
+            assert r["latency_speedup"] == 1.0 and r["throughput_speedup"] == 1.0
+    assert result["models"]["small"]["macs"] < result["models"]["wide"]["macs"]
+    assert all(m["onnx_check"]["max_abs_logit_diff"] <= 1e-5 for m in result["models"].values())
+    assert "ONNX Runtime" in render_markdown(result)
