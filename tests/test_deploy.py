@@ -63,6 +63,20 @@ def test_folded_merged_export_agrees_with_pytorch(name, demo_test_images):
 
 
 @requires_onnx
+def test_color_model_with_option_a_shortcuts_exports_with_3_channels():
+    import onnx
+
+    from achroma.deploy.onnx_export import compare_with_torch, export_onnx
+
+    torch.manual_seed(0)
+    color = create_model("resnet-cifar-20").eval()  # PadShortcut: zero channels padded on by F.pad
+    onnx_bytes = export_onnx(color, (3, 32, 32))
+    assert onnx.load_from_string(onnx_bytes).graph.input[0].type.tensor_type.shape.dim[1].dim_value == 3
+    check = compare_with_torch(onnx_bytes, color, torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    assert check["max_abs_logit_diff"] <= 1e-4 and check["agree"] == 9
+
+
+@requires_onnx
 def test_cli_export_of_a_merged_checkpoint_writes_input_spec(tmp_path, capsys):
     import onnx
 
