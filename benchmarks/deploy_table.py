@@ -1,0 +1,45 @@
+"""docs/RESULTS.md's deployment table from `achroma bench` results (bench.json), with time saved / MACs saved.
+
+    python benchmarks/deploy_table.py runs/deploy/bench-demo/bench.json runs/deploy/bench-r20/bench.json
+
+For each bench file (models in the order color, folded, merged), one row per model, engine and thread
+count: MACs, batch-1 latency (median, p90), throughput, and for the merged model the share of time it
+saves against the folded model divided by the share of MACs it saves (1.0: every MAC saved is time
+saved; 0: none reaches the clock), at batch 1 and at the throughput batch.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+ENGINE = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+
+
+def main(paths: list[str]) -> None:
+    for path in paths:
+        result = json.loads(open(path).read())
+        b = result["settings"]["throughput_batch"]
+        names = list(result["models"])
+        folded, merged = names[1], names[-1]
+        print(f"\n{path}: {result['settings']['runs']} runs at batch 1, {result['settings']['throughput_runs']} at "
+              f"batch {b}; {result['environment']}\n")
+        print(f"| model | MMACs | engine | threads | b=1 median (ms) | b=1 p90 (ms) | b={b} images/s | "
+              f"speedup vs color b=1 / b={b} | time saved / MACs saved vs folded, b=1 / b={b} |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+        rows = {(r["model"], r["engine"], r["threads"]): r for r in result["rows"]}
+        for (model, engine, threads), r in rows.items():
+            ratio = "–"
+            if model == merged:
+                f = rows[(folded, engine, threads)]
+                macs_saved = 1 - r["macs"] / f["macs"]
+                lat_saved = 1 - r["latency_b1"]["median_ms"] / f["latency_b1"]["median_ms"]
+                thr_saved = 1 - f["throughput"]["images_per_s"] / r["throughput"]["images_per_s"]
+                ratio = f"{lat_saved / macs_saved:.2f} / {thr_saved / macs_saved:.2f}"
+            print(f"| {model} | {r['macs'] / 1e6:.2f} | {ENGINE[engine]} | {threads} | "
+                  f"{r['latency_b1']['median_ms']:.2f} | {r['latency_b1']['p90_ms']:.2f} | "
+                  f"{r['throughput']['images_per_s']:.0f} | {r['latency_speedup']:.2f}x / "
+                  f"{r['throughput_speedup']:.2f}x | {ratio} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
