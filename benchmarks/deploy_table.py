@@ -21,8 +21,10 @@ def main(paths: list[str]) -> None:
         b = result["settings"]["throughput_batch"]
         names = list(result["models"])
         folded, merged = names[1], names[-1]
+        env = dict(result["environment"])
+        load = env.pop("load_average_1min", None)
         print(f"\n{path}: {result['settings']['runs']} runs at batch 1, {result['settings']['throughput_runs']} at "
-              f"batch {b}; {result['environment']}\n")
+              f"batch {b}; {env}; 1-minute load average before/after: {load}\n")
         print(f"| model | MMACs | engine | threads | b=1 median (ms) | b=1 p90 (ms) | b={b} images/s | "
               f"speedup vs color b=1 / b={b} | time saved / MACs saved vs folded, b=1 / b={b} |")
         print("|---|---:|---|---:|---:|---:|---:|---:|---:|")

@@ -118,6 +118,7 @@ def bench(models: dict[str, tuple[nn.Module, tuple[int, int, int]]], engines: tu
     if batch < 1 or runs < 1 or throughput_runs < 1:
         raise ValueError("batch and runs must be at least 1")
     say = log or (lambda msg: None)
+    load_before = _load_average()
     macs = {k: count_macs(m, shape) for k, (m, shape) in models.items()}
     exports: dict[str, bytes] = {}
     checks: dict[str, dict[str, Any]] = {}
@@ -165,8 +166,16 @@ def bench(models: dict[str, tuple[nn.Module, tuple[int, int, int]]], engines: tu
                    "PyTorch eager under torch.inference_mode with torch.set_num_threads(n); ONNX Runtime "
                    "CPUExecutionProvider, intra_op_num_threads=n, inter_op_num_threads=1, all graph optimizations; "
                    "speedups against the first model in the same engine and thread count"),
-        "environment": _environment(),
+        "environment": {**_environment(), "load_average_1min": {"before": load_before, "after": _load_average()}},
     }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other programs competing for the cores), where the OS reports one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _environment() -> dict[str, Any]:
@@ -200,6 +209,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     if checks:
         worst = max(c["max_abs_logit_diff"] for c in checks.values())
         lines.append(f"ONNX exports checked against PyTorch on random inputs: max |logit difference| {worst:.2e}.")
-    env = result["environment"]
-    lines.append("Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".")
+    env = dict(result["environment"])
+    load = env.pop("load_average_1min", None) or {}
+    lines.append("Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())
+                 + (f"; 1-minute load average {load.get('before')} before, {load.get('after')} after "
+                    f"(other programs on the machine)." if load else "."))
     return "\n".join(lines)
