@@ -1,6 +1,7 @@
 """docs/RESULTS.md's deployment table from `achroma bench` results (bench.json), with time saved / MACs saved.
 
     python benchmarks/deploy_table.py runs/deploy/bench-demo/bench.json runs/deploy/bench-r20/bench.json
+    python benchmarks/deploy_table.py --ops runs/deploy/onnx/*.onnx     # the ops of each exported graph
 
 For each bench file (models in the order color, folded, merged), one row per model, engine and thread
 count: MACs, batch-1 latency (median, p90), throughput, and for the merged model the share of time it
@@ -43,5 +44,19 @@ def main(paths: list[str]) -> None:
                   f"{r['throughput_speedup']:.2f}x | {ratio} |")
 
 
+def ops(paths: list[str]) -> None:
+    """How many nodes of each op type each exported ONNX graph has."""
+    from collections import Counter
+
+    import onnx
+
+    for path in paths:
+        counts = Counter(node.op_type for node in onnx.load(path).graph.node)
+        print(f"{path}: " + ", ".join(f"{op} {n}" for op, n in sorted(counts.items())))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--ops"]:
+        ops(sys.argv[2:])
+    else:
+        main(sys.argv[1:])
