@@ -52,7 +52,8 @@ def _check_out(out: Path, weights: str | None, force: bool) -> None:
 def run(args) -> int:
     from ..data import load_dataset
     from ..deploy import require_onnx
-    from ..deploy.onnx_export import DEFAULT_OPSET, DEFAULT_TOLERANCE, check_images, export_checked, input_spec
+    from ..deploy.onnx_export import (DEFAULT_OPSET, DEFAULT_TOLERANCE, MIN_OPSET, check_images, export_checked,
+                                      input_spec)
     from ..io import atomic_write_bytes
     from ..training.evaluate import first_conv_in_channels
 
@@ -60,9 +61,13 @@ def run(args) -> int:
     _check_out(out, args.weights, args.force)
     if args.check_images < 1:
         raise ValueError("--check-images must be at least 1")
-    require_onnx()
     opset = args.opset if args.opset is not None else DEFAULT_OPSET
+    if opset < MIN_OPSET:
+        raise ValueError(f"--opset {opset}: the exporter (torch.onnx, dynamo) writes opset {MIN_OPSET} or later")
     tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE
+    if not tolerance >= 0:
+        raise ValueError(f"--tolerance {args.tolerance}: must be 0 or more")
+    require_onnx()
 
     model, mode, normalize, meta = resolve_model(args)
     if args.mode is None and first_conv_in_channels(model) == 1:
