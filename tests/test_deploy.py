@@ -130,7 +130,7 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch, comm
             else ["bench", "--weights", weights, "--out", str(tmp_path / "bench")])
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "achroma[onnx]" in err[0] and "onnxruntime" in err[0]
+    assert len(err) == 1 and "achroma[onnx]" in err[0]  # names onnxruntime, or onnx where even that is missing
     assert list(tmp_path.iterdir()) == []
 
 
