@@ -6,7 +6,8 @@
 #   benchmarks/deploy_speed.sh [OUT_ROOT]        (default runs/deploy; needs achroma[onnx])
 #
 # The merged models come from `achroma compress` on the shipped CIFAR-10 (JPEG) demo images:
-#   demo: all 15 convs but the classifier, keeping about 70% of each layer's filters (MACs ~ 0.7^2);
+#   demo: all 15 convs but the classifier, keeping about 70% of each layer's filters (MACs ~ 0.7^2),
+#         repaired by 1 epoch of distillation from the color model on the 5,000 demo training images;
 #   r20:  the first conv of each of the 9 residual blocks (its inner channels), keeping about 50%.
 # Each model is then exported with `achroma export` (ONNX Runtime checked against PyTorch on 256 test
 # images) and all three of a family are timed in one `achroma bench` run (round-robin).
@@ -20,7 +21,7 @@ python benchmarks/deploy_models.py "$root"
 
 blocks=$(printf 'layer%s.%s.conv1,' 1 0 1 1 1 2 2 0 2 1 2 2 3 0 3 1 3 2)
 [ -f "$root/demo-merged/model.safetensors" ] || \
-  achroma compress --weights "$demo" --dataset "$demo_data" --layers first:15 --keep 0.7 --repair bn-stats \
+  achroma compress --weights "$demo" --dataset "$demo_data" --layers first:15 --keep 0.7 --repair distill,bn-stats \
     --no-latency --quiet --out "$root/demo-merged" > "$root/demo-merged.md"
 [ -f "$root/r20-merged/model.safetensors" ] || \
   achroma compress --weights "$root/r20-color.safetensors" --dataset "$demo_data" --layers "${blocks%,}" \
