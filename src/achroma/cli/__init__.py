@@ -8,8 +8,10 @@ import argparse
 import importlib
 import sys
 
+from ..deploy.extra import MissingExtraError
+
 #: Subcommand modules, in the order `achroma --help` lists them.
-COMMANDS = ("demo", "compress", "train", "evaluate", "fields", "cluster", "distill")
+COMMANDS = ("demo", "compress", "train", "evaluate", "fields", "cluster", "distill", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, MissingExtraError) as err:
         print(f"achroma: error: {err}", file=sys.stderr)
         return 2
 

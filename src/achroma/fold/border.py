@@ -64,10 +64,15 @@ class BorderCorrectedConv2d(nn.Conv2d):
 
         The cache key holds everything the map depends on (size, device, dtype, the identity and
         in-place version of bias and border kernel), so surgery or training can never see a stale
-        map. With gradients on (training, gradient ascent) and while tracing or exporting, the map is
-        computed afresh and not stored.
+        map. With gradients on (training, gradient ascent) the map is computed afresh and not stored;
+        while tracing or exporting, the map an eager pass cached for this size is used as a constant
+        (fake tensors have no values to check a cache key against), else it is computed in the graph.
         """
-        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # export: a map of an eager pass, if any
+            size = tuple(x.shape[-2:])
+            planned = next((m for k, m in self._bias_maps.items() if k[0] == size and not k[3]), None)
+            return self._compute_bias_map(x) if planned is None else planned.to(x.dtype)
+        if torch.is_grad_enabled():
             return self._compute_bias_map(x)
         key = (tuple(x.shape[-2:]), x.device, x.dtype, torch.is_inference_mode_enabled(),
                _identity(self.border_kernel), None if self.bias is None else _identity(self.bias))

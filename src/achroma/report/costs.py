@@ -8,9 +8,6 @@ so the count is what each further image costs.
 """
 from __future__ import annotations
 
-import copy
-import statistics
-import time
 from typing import Any
 
 import torch
@@ -66,18 +63,7 @@ def measure_latencies(models: dict[str, tuple[nn.Module, tuple[int, int, int]]],
     Run i of every model is taken before run i + 1 of any, so load from other processes on a
     shared machine falls on all of them alike and their medians stay comparable.
     """
-    if runs < 1:
-        raise ValueError("runs must be at least 1")
-    nets = {k: copy.deepcopy(m).float().cpu().eval() for k, (m, _) in models.items()}
-    inputs = {k: torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
-              for k, (_, shape) in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            for k, net in nets.items():
-                t = time.perf_counter()
-                net(inputs[k])
-                if i >= warmup:
-                    times[k].append(time.perf_counter() - t)
-    return {k: {"batch": batch, "median_ms": 1000 * statistics.median(v), "min_ms": 1000 * min(v), "runs": runs,
-                "warmup": warmup, "threads": torch.get_num_threads()} for k, v in times.items()}
+    # The timing loop is `achroma.deploy.bench`'s, which `achroma bench` uses too: one way of timing.
+    from ..deploy.bench import torch_latencies
+
+    return torch_latencies(models, batch, runs, warmup)

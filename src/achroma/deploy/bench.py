@@ -1,0 +1,217 @@
+"""Latency and throughput of several models, round-robin, in PyTorch eager and in ONNX Runtime.
+
+Round-robin: run i of every model is taken before run i + 1 of any, so load from other processes
+on a shared machine falls on all of them alike and their ratios stay comparable (the idea of
+`achroma.report.measure_latencies`, which now calls `torch_latencies` here, so `compress` reports
+and `achroma bench` time PyTorch the same way). Threads are set explicitly: torch.set_num_threads(n)
+for PyTorch (restored after), SessionOptions(intra_op_num_threads=n, inter_op_num_threads=1) for
+ONNX Runtime. Latency is batch 1 (median and 90th percentile of the runs); throughput is images per
+second at a larger batch (from the median run). Speedups are against the first model, measured in
+the same run with the same engine and threads. Nothing here fails on time.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+ENGINES = ("torch", "onnxruntime")
+ENGINE_NAMES = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime"}
+
+
+def round_robin(fns: dict[str, Callable[[], Any]], runs: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each of `runs` calls of every function after `warmup` untimed ones, interleaved."""
+    if runs < 1:
+        raise ValueError("runs must be at least 1")
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + runs):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t)
+    return times
+
+
+def summarize(seconds: list[float], batch: int) -> dict[str, Any]:
+    """Median, 90th percentile and min in ms, and images per second from the median."""
+    ms = sorted(1000 * s for s in seconds)
+    p90 = statistics.quantiles(ms, n=10, method="inclusive")[-1] if len(ms) > 1 else ms[0]
+    median = statistics.median(ms)
+    return {"batch": batch, "runs": len(ms), "median_ms": median, "p90_ms": p90, "min_ms": ms[0],
+            "images_per_s": 1000 * batch / median}
+
+
+def _inputs(shape: tuple[int, int, int], batch: int) -> torch.Tensor:
+    return torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def torch_latencies(models: dict[str, tuple[nn.Module, tuple[int, int, int]]], batch: int, runs: int = 10,
+                    warmup: int = 2, threads: int | None = None) -> dict[str, dict[str, Any]]:
+    """PyTorch eager timings of several (model, input shape (C, H, W)) at `batch`, round-robin.
+
+    A float32 CPU copy of each model in eval mode under torch.inference_mode; `threads` (default:
+    as configured) is set with torch.set_num_threads for the measurement and restored after.
+    """
+    nets = {k: copy.deepcopy(m).float().cpu().eval() for k, (m, _) in models.items()}
+    inputs = {k: _inputs(shape, batch) for k, (_, shape) in models.items()}
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        used = torch.get_num_threads()
+        with torch.inference_mode():
+            times = round_robin({k: (lambda net=net, x=inputs[k]: net(x)) for k, net in nets.items()}, runs, warmup)
+    finally:
+        torch.set_num_threads(saved)
+    return {k: {**summarize(v, batch), "warmup": warmup, "threads": used, "engine": "torch"} for k, v in times.items()}
+
+
+def ort_latencies(sessions: dict[str, tuple[Any, tuple[int, int, int]]], batch: int, runs: int = 10,
+                  warmup: int = 2) -> dict[str, dict[str, Any]]:
+    """ONNX Runtime timings of several (session, input shape) at `batch`, round-robin."""
+    from .onnx_export import INPUT_NAME, OUTPUT_NAME
+
+    feeds = {k: {INPUT_NAME: _inputs(shape, batch).numpy()} for k, (_, shape) in sessions.items()}
+    fns = {k: (lambda s=s, f=feeds[k]: s.run([OUTPUT_NAME], f)) for k, (s, _) in sessions.items()}
+    times = round_robin(fns, runs, warmup)
+    return {k: {**summarize(v, batch), "warmup": warmup, "engine": "onnxruntime"} for k, v in times.items()}
+
+
+def parse_threads(spec: str | list[int] | tuple[int, ...]) -> list[int]:
+    """'1,all' -> [1, os.cpu_count()] (duplicates dropped, order kept)."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[int] = []
+    for item in items:
+        item = str(item).strip()
+        n = (os.cpu_count() or 1) if item == "all" else int(item) if item.isdigit() else 0
+        if n < 1:
+            raise ValueError(f"threads must be positive integers or 'all', got {item!r}")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def bench(models: dict[str, tuple[nn.Module, tuple[int, int, int]]], engines: tuple[str, ...] = ENGINES,
+          threads: list[int] | None = None, batch: int = 64, runs: int = 30, throughput_runs: int = 5,
+          warmup: int = 3, opset: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark `models` ({name: (model, (C, H, W))}): JSON-ready result with one row per model, engine, threads.
+
+    For each engine and thread count: batch-1 latency (`runs` runs) and batch-`batch` throughput
+    (`throughput_runs` runs), all models round-robin. ONNX Runtime runs each model's ONNX export
+    (`export_onnx`, checked against PyTorch on random inputs before timing).
+    """
+    from ..report.costs import count_macs
+
+    if not models:
+        raise ValueError("no models to benchmark")
+    for e in engines:
+        if e not in ENGINES:
+            raise ValueError(f"unknown engine {e!r}; choose from {', '.join(ENGINES)}")
+    threads = threads or [1, os.cpu_count() or 1]
+    if batch < 1 or runs < 1 or throughput_runs < 1:
+        raise ValueError("batch and runs must be at least 1")
+    say = log or (lambda msg: None)
+    load_before = _load_average()
+    macs = {k: count_macs(m, shape) for k, (m, shape) in models.items()}
+    exports: dict[str, bytes] = {}
+    checks: dict[str, dict[str, Any]] = {}
+    if "onnxruntime" in engines:
+        from .extra import require_onnx
+        from .onnx_export import DEFAULT_OPSET, compare_with_torch, export_onnx
+
+        require_onnx("ONNX Runtime benchmarks")
+        for k, (m, shape) in models.items():
+            say(f"exporting {k} to ONNX")
+            exports[k] = export_onnx(m, shape, opset or DEFAULT_OPSET)
+            checks[k] = compare_with_torch(exports[k], m, _inputs(shape, 8))
+    rows: list[dict[str, Any]] = []
+    for engine in engines:
+        for n in threads:
+            say(f"timing {ENGINE_NAMES[engine]}, {n} thread(s)")
+            if engine == "torch":
+                lat = torch_latencies(models, 1, runs, warmup, threads=n)
+                thr = torch_latencies(models, batch, throughput_runs, min(warmup, 1), threads=n)
+            else:
+                from .onnx_export import ort_session
+
+                sessions = {k: (ort_session(exports[k], n), shape) for k, (_, shape) in models.items()}
+                lat = ort_latencies(sessions, 1, runs, warmup)
+                thr = ort_latencies(sessions, batch, throughput_runs, min(warmup, 1))
+            first = next(iter(models))
+            for k in models:
+                rows.append({
+                    "model": k, "engine": engine, "threads": n, "macs": macs[k],
+                    "latency_b1": lat[k], "throughput": thr[k],
+                    "latency_speedup": lat[first]["median_ms"] / lat[k]["median_ms"],
+                    "throughput_speedup": thr[k]["images_per_s"] / thr[first]["images_per_s"],
+                    "macs_ratio": macs[k] / macs[first],
+                })
+    return {
+        "format": "achroma-bench/1",
+        "models": {k: {"input_shape": list(shape), "macs": macs[k], "onnx_check": checks.get(k)}
+                   for k, (_, shape) in models.items()},
+        "baseline": next(iter(models)),
+        "rows": rows,
+        "settings": {"engines": list(engines), "threads": threads, "latency_batch": 1, "throughput_batch": batch,
+                     "runs": runs, "throughput_runs": throughput_runs, "warmup": warmup,
+                     "opset": (opset or 18) if exports else None},
+        "method": ("CPU, float32; models timed round-robin (run i of every model before run i + 1 of any); "
+                   "PyTorch eager under torch.inference_mode with torch.set_num_threads(n); ONNX Runtime "
+                   "CPUExecutionProvider, intra_op_num_threads=n, inter_op_num_threads=1, all graph optimizations; "
+                   "speedups against the first model in the same engine and thread count"),
+        "environment": {**_environment(), "load_average_1min": {"before": load_before, "after": _load_average()}},
+    }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other programs competing for the cores), where the OS reports one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _environment() -> dict[str, Any]:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+           "cpu_count": os.cpu_count()}
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The bench result as a Markdown table, with how it was measured."""
+    s = result["settings"]
+    b = s["throughput_batch"]
+    lines = [f"| model | MMACs | MACs vs first | engine | threads | b=1 median (ms) | b=1 p90 (ms) | "
+             f"b=1 speedup | b={b} images/s | b={b} speedup |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lat, thr = r["latency_b1"], r["throughput"]
+        lines.append(f"| {r['model']} | {r['macs'] / 1e6:.2f} | {r['macs_ratio']:.2f} | {ENGINE_NAMES[r['engine']]} | "
+                     f"{r['threads']} | {lat['median_ms']:.2f} | {lat['p90_ms']:.2f} | {r['latency_speedup']:.2f}x | "
+                     f"{thr['images_per_s']:.0f} | {r['throughput_speedup']:.2f}x |")
+    lines += ["", f"Speedup: against `{result['baseline']}` (the first model), same engine and threads, same run. "
+              f"Latency: median and 90th percentile of {s['runs']} runs at batch 1 after {s['warmup']} warm-up runs; "
+              f"throughput: from the median of {s['throughput_runs']} runs at batch {b}. {result['method']}."]
+    checks = {k: v["onnx_check"] for k, v in result["models"].items() if v.get("onnx_check")}
+    if checks:
+        worst = max(c["max_abs_logit_diff"] for c in checks.values())
+        lines.append(f"ONNX exports checked against PyTorch on random inputs: max |logit difference| {worst:.2e}.")
+    env = dict(result["environment"])
+    load = env.pop("load_average_1min", None) or {}
+    lines.append("Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())
+                 + (f"; 1-minute load average {load.get('before')} before, {load.get('after')} after "
+                    f"(other programs on the machine)." if load else "."))
+    return "\n".join(lines)
