@@ -28,6 +28,9 @@ def main(out: str) -> None:
         grads[kind] = {n: p.grad.clone() for n, p in unwrap(model).named_parameters()}
     if info.is_main:
         torch.save(grads, out)
+    # Both ranks leave together: a rank that tore down gloo while the other still used it aborted
+    # ("terminate called without an active exception") once in a full run.
+    dist.barrier()
     dist.destroy_process_group()
 
 
