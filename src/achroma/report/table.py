@@ -116,8 +116,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                         f"momentum 0.9, cosine, batch {rc['batch_size']}) regressing the color model's logits "
                         f"({rc.get('distill_loss')} loss) on the same images, then BN statistics re-estimated on them" if "distill" in repairs else "")
                      + (f"; ls-refit = the layers reading merged channels refit by ridge least squares (ridge "
-                        f"{rc.get('refit_ridge')}) to the uncompressed gray model's outputs on {rc.get('refit_images')} "
-                        "of those images, no training (nothing to refit in the uncompressed model)"
+                        f"{rc.get('refit_ridge')}) to the uncompressed gray model's outputs on "
+                        f"{min(rc.get('refit_images') or 0, s['calibration_images']):,} of those images, no training "
+                        "(nothing to refit in the uncompressed model)"
                         if "ls-refit" in repairs else "")
                      + "; a+b = a, then b.")
     lines += ["", "| model | input | repair | accuracy | parameters | MMACs / image | latency b=1 (ms) | "
