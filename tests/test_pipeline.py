@@ -364,3 +364,14 @@ def test_build_report_times_every_architecture(two_layers):
     for row in report["rows"]:
         assert row["latency_ms_b1"] > 0 and row["latency_ms_b256"] > 0
     assert "round-robin" in report["costs"]["latency"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+def test_the_whole_pipeline_runs_on_cuda(train_set, test_set):
+    """fold, fields, merge, every repair and scoring on the GPU; the result stays there, and agrees with
+    the same run on the CPU up to float rounding."""
+    kw = dict(layers="first:2", keep=0.5, repair="ls-refit,bn-train,bn-stats,distill")
+    gpu = _compress(train_set, test_set, device="cuda", **kw)
+    assert {p.device.type for p in gpu.final_model.parameters()} == {"cuda"}
+    cpu = _compress(train_set, test_set, device="cpu", **kw)
+    assert abs(gpu.row("merged").accuracy - cpu.row("merged").accuracy) <= 0.05
