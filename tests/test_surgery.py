@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from channel_copies import copy_channels
 
 from achroma.clustering import Clustering
 from achroma.io import load_checkpoint, save_checkpoint
@@ -47,7 +48,6 @@ INNER = [
     ("tv:mobilenet_v2", "features.2.conv.2"),  # inverted-residual stream (24 channels)
 ]
 CASES = STEMS + INNER
-_PER_CHANNEL = ("weight", "bias", "running_mean", "running_var", "border_kernel", "matrix")
 
 
 def _seeded_model(name: str, seed: int = 0) -> nn.Module:
@@ -88,15 +88,7 @@ def _make_duplicates(model: nn.Module, path: str, pairs, example) -> list:
     """Copy channel src to dst in every producer of the channel group (conv, every BN, stream producers)."""
     convert_shortcuts(model)  # option-A shortcuts become channel maps (exact), so their rows can be copied
     uses = trace_channel_uses(model, path, example)
-    modules = dict(model.named_modules())
-    for use in uses:
-        if use.role != "producer":
-            continue
-        for name in _PER_CHANNEL:
-            t = getattr(modules[use.path], name, None)
-            if isinstance(t, torch.Tensor):
-                for src, dst in pairs:
-                    t[use.index[dst]] = t[use.index[src]]
+    copy_channels(model, uses, pairs)
     return uses
 
 

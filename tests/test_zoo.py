@@ -24,6 +24,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision.models as tvm
+from channel_copies import copy_channels
 
 from achroma.data import get_normalization
 from achroma.fold import fold_to_gray
@@ -115,22 +116,6 @@ def _labels(pairs, n: int) -> np.ndarray:
     return np.unique(labels, return_inverse=True)[1]
 
 
-_PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
-
-
-@torch.no_grad()
-def _make_duplicates(model: nn.Module, uses, pairs) -> None:
-    modules = dict(model.named_modules())
-    for use in uses:
-        if use.role != "producer":
-            continue
-        for name in _PER_CHANNEL:
-            t = getattr(modules[use.path], name, None)
-            if isinstance(t, torch.Tensor):
-                for src, dst in pairs:
-                    t[use.index[dst]] = t[use.index[src]]
-
-
 def _removed_params(model: nn.Module, uses, removed: int) -> int:
     """Parameters that removing `removed` channels from every module of the group must drop."""
     total = 0
@@ -172,7 +157,7 @@ def _merge_case(model: nn.Module, x: torch.Tensor, path: str) -> dict:
         return {"path": path, "refused": str(err)}
     work = model  # duplicates are made in place: the model is this test's own, and merging copies it
     pairs = _pairs(constraints)
-    _make_duplicates(work, uses, pairs)
+    copy_channels(work, uses, pairs, names=("weight", "bias", "running_mean", "running_var"))
     n = constraints.n_channels
     try:
         merged = merge_channels(work, path, _labels(pairs, n), x)
