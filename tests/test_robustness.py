@@ -108,3 +108,54 @@ def _demo_weights():
     from achroma.demo import default_model_path
 
     return default_model_path()
+
+
+class SplitNorms(nn.Module):
+    """A conv whose halves are normalized by two different BNs (found in review: the second half's
+    channels had no scale and the merge crashed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bna, self.bnb = nn.BatchNorm2d(2), nn.BatchNorm2d(2)
+        self.c2 = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        a, b = self.c1(x).chunk(2, dim=1)
+        return self.c2(torch.relu(torch.cat([self.bna(a), self.bnb(b)], 1))).mean((2, 3))
+
+
+def test_members_normalized_by_different_bns_of_a_split_merge_exactly():
+    model = SplitNorms().double().eval()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        for bn in (model.bna, model.bnb):
+            bn.running_var.copy_(torch.tensor([0.5, 2.0], dtype=torch.float64))
+            bn.running_mean.copy_(torch.tensor([0.1, 0.2], dtype=torch.float64))
+        model.c1.weight[1] = 2 * model.c1.weight[0]  # channel 1 = 2 x channel 0, BN std 2 x (var 4 x)
+        model.c1.bias[1] = 2 * model.c1.bias[0]
+        model.c1.weight[3], model.c1.bias[3] = 2 * model.c1.weight[2], 2 * model.c1.bias[2]
+        model.bna.running_var[1] = 4 * (model.bna.running_var[0] + model.bna.eps) - model.bna.eps
+        model.bnb.running_var[1] = 4 * (model.bnb.running_var[0] + model.bnb.eps) - model.bnb.eps
+        model.bna.running_mean[1], model.bnb.running_mean[1] = 2 * model.bna.running_mean[0], 2 * model.bnb.running_mean[0]
+        reference = model(x)
+    merged = merge_channels(model, "c1", np.array([0, 0, 1, 1]), x)
+    with torch.no_grad():
+        assert (merged(x) - reference).abs().max() <= 1e-9 * reference.abs().max()
+
+
+def test_caches_made_in_inference_mode_serve_a_training_step():
+    from achroma.fold import BorderCorrectedConv2d
+    from achroma.surgery import ChannelMapShortcut
+
+    conv = BorderCorrectedConv2d(1, 4, 3, padding=1)
+    shortcut = ChannelMapShortcut(torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 0.0]]))
+    x = torch.rand(2, 1, 8, 8)
+    with torch.inference_mode():
+        conv(x), shortcut(torch.rand(2, 2, 4, 4))
+    y = torch.rand(2, 2, 4, 4, requires_grad=True)
+    (conv(x).sum() + shortcut(y).sum()).backward()
+    assert conv.bias.grad is not None and y.grad is not None
+    with torch.inference_mode():  # a module made in inference mode: no version counters, no cache
+        fresh = BorderCorrectedConv2d(1, 4, 3, padding=1).eval()
+        assert fresh(x).shape == (2, 4, 8, 8) and fresh(x).shape == (2, 4, 8, 8)

@@ -139,6 +139,9 @@ def run(args) -> int:
     test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
     size = int(test_set.images.shape[-1])
     budget = _budget(args, model, normalize, size)
+    if budget is not None and not budget.layers:
+        raise ValueError(f"the folded model already keeps {budget.full['macs']:,.0f} MACs and "
+                         f"{budget.full['params']:,.0f} parameters, within the target: nothing to merge")
     if budget is not None:  # the groups and the share each keeps come from the target
         args.layers, args.keep = ",".join(budget.layers), ",".join(f"{k:.6f}" for k in budget.keep)
         if log:

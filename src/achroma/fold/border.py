@@ -32,9 +32,17 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     return (pw, pw, ph, ph)
 
 
-def _identity(t: torch.Tensor) -> tuple:
-    """What changes when a tensor is replaced or edited in place (not through `.data`)."""
+def _identity(t: torch.Tensor) -> tuple | None:
+    """What changes when a tensor is replaced or edited in place (not through `.data`); None when it
+    cannot be told (inference tensors keep no version counter): then nothing may be cached."""
+    if t.is_inference():
+        return None
     return id(t), t.data_ptr(), t._version
+
+
+def exporting() -> bool:
+    """True inside torch.export / torch.onnx.export (fake tensors: values cannot be read or checked)."""
+    return torch.compiler.is_exporting()
 
 
 class BorderCorrectedConv2d(nn.Conv2d):
@@ -64,18 +72,21 @@ class BorderCorrectedConv2d(nn.Conv2d):
 
         The cache key holds everything the map depends on (size, device, dtype, the identity and
         in-place version of bias and border kernel), so surgery or training can never see a stale
-        map. With gradients on (training, gradient ascent) the map is computed afresh and not stored;
-        while tracing or exporting, the map an eager pass cached for this size is used as a constant
-        (fake tensors have no values to check a cache key against), else it is computed in the graph.
+        map. With gradients on (training, gradient ascent), under torch.compile or jit.trace, or for
+        inference tensors, the map is computed afresh and not stored. Inside an export the map an
+        eager pass cached for this input size is used as a constant (export runs on fake tensors,
+        whose keys cannot be checked; `deploy.onnx_export` runs that eager pass on a fresh copy).
         """
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # export: a map of an eager pass, if any
+        if exporting():
             size = tuple(x.shape[-2:])
             planned = next((m for k, m in self._bias_maps.items() if k[0] == size and not k[3]), None)
             return self._compute_bias_map(x) if planned is None else planned.to(x.dtype)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return self._compute_bias_map(x)
-        key = (tuple(x.shape[-2:]), x.device, x.dtype, torch.is_inference_mode_enabled(),
-               _identity(self.border_kernel), None if self.bias is None else _identity(self.bias))
+        ids = (_identity(self.border_kernel), None if self.bias is None else _identity(self.bias))
+        if ids[0] is None or (self.bias is not None and ids[1] is None):
+            return self._compute_bias_map(x)
+        key = (tuple(x.shape[-2:]), x.device, x.dtype, torch.is_inference_mode_enabled(), *ids)
         cached = self._bias_maps.get(key)
         if cached is None:
             self._bias_maps.clear()

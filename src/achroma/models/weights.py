@@ -46,14 +46,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    return {_strip_prefix(str(k)): v for k, v in state.items()}
-
-
-def _strip_prefix(key: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        while key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
+    state = {str(k): v for k, v in state.items()}
+    for prefix in _WRAPPER_PREFIXES:  # only when every key carries it (a model may own a `module` child)
+        while all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def align_keys(state: Mapping[str, torch.Tensor], own: Iterable[str]) -> dict[str, torch.Tensor]:

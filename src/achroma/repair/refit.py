@@ -119,7 +119,7 @@ def ls_refit(model: nn.Module, reference: nn.Module, batches: Batches, layers: l
             xty += a.T @ b
             yty += b.pow(2).sum()
         old = w.detach().double().reshape(w.shape[0], -1).T
-        lam = ridge * torch.trace(xtx) / dim
+        lam = (ridge * torch.trace(xtx) / dim).clamp_min(1e-12)  # inputs all zero: still solvable (W = 0)
         new = torch.linalg.solve(xtx + lam * torch.eye(dim, dtype=torch.float64, device=w.device), xty)
         report.layers.append(path)  # relative residual ||XW - Y|| / ||Y||, before and after
         report.error_before.append(_rel_error(xtx, xty, yty, old))

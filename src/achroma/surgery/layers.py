@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch_pruning.pruner.function import BasePruningFunc, ConvPruner
 from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleNetBlock
 
-from ..fold.border import BorderCorrectedConv2d, _identity
+from ..fold.border import BorderCorrectedConv2d, _identity, exporting
 from ..models.resnet_cifar import PadShortcut
 
 
@@ -71,19 +71,21 @@ class ChannelMapShortcut(nn.Module):
         """(index (O, K), weights (O, K) or None when all are 1): output o sums K input channels.
 
         Index `in_channels` points at an extra zero channel (outputs with fewer than K sources).
-        Cached until the matrix is replaced or edited in place.
+        Cached until the matrix is replaced or edited in place; built outside inference mode, so a
+        plan made during a benchmark can still serve a training step.
         """
         key = _identity(self.matrix)
-        if self._plan is not None and self._plan[0] == key:
+        if key is not None and self._plan is not None and self._plan[0] == key:
             return self._plan[1], self._plan[2]
-        m = self.matrix
-        nonzero = m != 0
-        k = max(1, int(nonzero.sum(1).max()))
-        cols = torch.argsort(nonzero.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
-        vals = torch.gather(m, 1, cols)
-        index = torch.where(vals != 0, cols, torch.full_like(cols, m.shape[1]))
-        weights = None if bool(((vals == 0) | (vals == 1)).all()) else vals
-        self._plan = (key, index, weights)
+        with torch.inference_mode(False):
+            m = self.matrix.clone()
+            nonzero = m != 0
+            k = max(1, int(nonzero.sum(1).max()))
+            cols = torch.argsort(nonzero.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+            vals = torch.gather(m, 1, cols)
+            index = torch.where(vals != 0, cols, torch.full_like(cols, m.shape[1]))
+            weights = None if bool(((vals == 0) | (vals == 1)).all()) else vals
+        self._plan = None if key is None else (key, index, weights)
         return index, weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,10 +93,10 @@ class ChannelMapShortcut(nn.Module):
             x = x[:, :, :: self.stride, :: self.stride]
         if _DENSE.get() or x.device.type == "meta":  # meta tensors have no values to plan a gather from
             return F.conv2d(x, self.matrix.to(x.dtype)[:, :, None, None])
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # export: fake values, no planning
+        if exporting():  # fake values: the plan of the eager pass before the export, else the dense map
             if self._plan is None:
                 return F.conv2d(x, self.matrix.to(x.dtype)[:, :, None, None])
-            index, weights = self._plan[1], self._plan[2]  # planned by an eager pass before the export
+            index, weights = self._plan[1], self._plan[2]
         else:
             index, weights = self.gather_plan()
         b, _, h, w = x.shape

@@ -75,9 +75,11 @@ def channel_scales(dg: tp.DependencyGraph, uses: list[ChannelUse], modules: dict
         if src is None:
             continue
         src_use = linear[src]
-        if is_batchnorm(module) and src_use.path not in scales and module.running_var is not None:
+        if is_batchnorm(module) and module.running_var is not None:  # the first BN to see a channel sets it
             std = torch.sqrt(module.running_var.detach().double() + module.eps)
-            scales[src_use.path] = {root: std[slots[0]] for root, slots in use.index.items()}  # 0-d tensors
+            per_root = scales.setdefault(src_use.path, {})
+            for root, slots in use.index.items():
+                per_root.setdefault(root, std[slots[0]])  # 0-d tensors
         reads[use.path] = src_use.path
     return scales, {k: v for k, v in reads.items() if v in scales}
 
@@ -98,7 +100,7 @@ def _ratio(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def member_scales(scale: dict[int, torch.Tensor] | None, members: list[int], like: torch.Tensor) -> torch.Tensor:
     """(members,) float64 scales r_c on `like`'s device: from `scale`, or all 1 without one."""
-    if scale is None:
+    if scale is None or any(m not in scale for m in members):  # no BN normalizes these members: plain mean
         return torch.ones(len(members), dtype=torch.float64, device=like.device)
     return torch.stack([scale[m] for m in members]).to(dtype=torch.float64, device=like.device)
 
