@@ -93,22 +93,11 @@ def _scaling(module: nn.Module, out_dim: _Dim | None, in_dim: _Dim | None, ndim:
 
 def width_cost(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, int, int]) -> WidthCost:
     """The cost model of `model` (uncompressed) over `groups` for inputs of `input_shape`."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from ..report.costs import run_flop_counter
 
     usable = [g for g in groups if g.refused is None]
     wc = WidthCost({g.root: g.channels for g in usable})
-    flags = {m: m.training for m in model.modules()}
-    p = next(model.parameters())
-    x = torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)  # fills per-size caches
-            with FlopCounterMode(display=False) as counter:
-                model(x)
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    counter = run_flop_counter(model, input_shape)
     root = type(model).__name__  # FlopCounterMode names modules '<root class>.<path>'
     per_module = {k[len(root) + 1:]: v for k, v in counter.get_flop_counts().items() if k.startswith(root + ".")}
     for path, module in model.named_modules():

@@ -29,6 +29,12 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
 
 def flop_counter_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """FLOPs of one image by `torch.utils.flop_counter.FlopCounterMode` (2 per MAC), after a warm-up pass."""
+    return int(run_flop_counter(model, input_shape).get_total_flops())
+
+
+def run_flop_counter(model: nn.Module, input_shape: tuple[int, int, int]):
+    """The FlopCounterMode of one image's forward pass (eval mode, no grad), after a warm-up pass that
+    fills per-size caches; the model's train/eval flags are put back. Per module: get_flop_counts()."""
     from torch.utils.flop_counter import FlopCounterMode
 
     flags = {m: m.training for m in model.modules()}
@@ -37,13 +43,13 @@ def flop_counter_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> i
     try:
         model.eval()
         with torch.no_grad():
-            model(x)  # fills per-size caches, which later images do not pay for
+            model(x)
             with FlopCounterMode(display=False) as counter:
                 model(x)
     finally:
         for m, flag in flags.items():
             m.training = flag
-    return int(counter.get_total_flops())
+    return counter
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], batch: int, runs: int = 10,
