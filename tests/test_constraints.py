@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from achroma.models import create_model, load_state_dict_file, load_weights
 from achroma.io import save_checkpoint
-from achroma.pipeline.compress import _cluster_constrained
+from achroma.pipeline.merging import _cluster_constrained
 from achroma.surgery import channel_constraints, merge_channels, resize_to_state_dict, trace_channel_uses
 from achroma.surgery.layers import ChannelShuffle, ShuffleBlock, convert_shuffles, restore_plain_shuffles
 
@@ -192,14 +192,14 @@ class GroupClassifier(nn.Module):
 
 def test_compress_clusters_within_groups_and_keeps_them_balanced():
     from achroma.data import ImageDataset
-    from achroma.pipeline import compress
+    from achroma.pipeline import CompressConfig, compress
 
     g = torch.Generator().manual_seed(0)
     data = ImageDataset(torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(20) % 10,
                         [f"c{i}" for i in range(10)], name="synthetic", split="test")
     torch.manual_seed(0)
-    result = compress(GroupClassifier().eval(), "cifar", data, data, layers="stem", keep=0.5, repair="none",
-                      fields_kw={"steps": 3}, progress=False, log=None)
+    config = CompressConfig(layers="stem", keep=0.5, repair="none", fields={"steps": 3}, progress=False)
+    result = compress(GroupClassifier().eval(), "cifar", data, data, config, log=None)
     labels = result.layers[0].clustering.labels
     assert all(labels[i] != labels[j] for i in range(4) for j in range(4, 8))  # no cluster across groups
     merged = result.final_model

@@ -20,7 +20,7 @@ from achroma.data import ImageDataset
 from achroma.fields import conv_forward_order
 from achroma.io import load_checkpoint, save_checkpoint
 from achroma.models import create_model, list_models, register_model
-from achroma.pipeline import RepairConfig, compress, per_layer, repair_model, resolve_layers
+from achroma.pipeline import CompressConfig, RepairConfig, check_repairs, compress, per_layer, repair_model, resolve_layers
 from achroma.report import build_report, count_macs, flop_counter_flops, measure_latency, render_markdown
 
 torch.set_num_threads(1)
@@ -60,12 +60,16 @@ def _model(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def _compress(train_set, test_set, **kw):
+def _config(**kw) -> CompressConfig:
     kw.setdefault("layers", "first:1")
     kw.setdefault("keep", 0.5)
-    kw.setdefault("fields_kw", FAST)
-    return compress(_model(), "cifar", train_set, test_set, progress=False, log=None,
-                    repair_config=RepairConfig(batch_size=16), **kw)
+    kw.setdefault("fields", FAST)
+    kw.setdefault("repair_config", RepairConfig(batch_size=16))
+    return CompressConfig(progress=False, **kw)
+
+
+def _compress(train_set, test_set, clusterings=None, **kw):
+    return compress(_model(), "cifar", train_set, test_set, _config(**kw), clusterings=clusterings, log=None)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +120,7 @@ def test_layers_resolved_in_forward_order_with_a_metric_each(two_layers):
 def test_input_models_are_not_modified(train_set, test_set):
     model = _model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    compress(model, "cifar", train_set, test_set, layers="first:1", keep=0.5, repair="bn-train", fields_kw=FAST,
-             progress=False, log=None, repair_config=RepairConfig(batch_size=16))
+    compress(model, "cifar", train_set, test_set, _config(repair="bn-train"), log=None)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(m.training for m in model.modules())  # compress works on a copy: mode (and device) kept
 
@@ -151,6 +154,42 @@ def test_distill_repair_pulls_the_gray_model_toward_the_color_model(two_layers, 
     assert fixed is not merged and not torch.equal(fixed.state_dict()["stem.weight"], merged.state_dict()["stem.weight"])
     with pytest.raises(ValueError, match="needs the color model"):
         repair_model(merged, "distill", train_set, config)
+
+
+def test_an_epoch_count_on_a_repair_equals_that_many_config_epochs(two_layers, train_set):
+    """'bn-train:2' is bn-train with RepairConfig.epochs=2, bit for bit; epochs only where training happens."""
+    folded = two_layers.models["folded"]
+    named = repair_model(folded, "bn-train:2", train_set, RepairConfig(batch_size=16), seed=0)
+    configured = repair_model(folded, "bn-train", train_set, RepairConfig(batch_size=16, epochs=2), seed=0)
+    one = repair_model(folded, "bn-train", train_set, RepairConfig(batch_size=16), seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(named.state_dict().values(), configured.state_dict().values()))
+    assert not torch.equal(named.state_dict()["head_norm.weight"], one.state_dict()["head_norm.weight"])
+    for bad in ("bn-stats:2", "finetune:0", "finetune:x", "ls-refit:1"):
+        with pytest.raises(ValueError, match="epoch count|takes no epoch"):
+            check_repairs(bad)
+
+
+def test_finetune_repairs_lower_the_training_loss_and_move_every_layer(two_layers, train_set):
+    """finetune trains all weights on the labels; finetune-kd adds the color teacher (which it needs)."""
+    merged = two_layers.models["merged"]
+    x = (0.2989 * train_set.images[:, :1] + 0.5870 * train_set.images[:, 1:2] + 0.1140 * train_set.images[:, 2:2 + 1])
+    x = x.float() / 255
+
+    def loss(net):
+        with torch.no_grad():
+            return F.cross_entropy(net.eval()(x), train_set.labels).item()
+
+    config = RepairConfig(epochs=15, finetune_batch_size=8, finetune_lr=0.05)
+    tuned = repair_model(merged, "finetune", train_set, config, seed=0)
+    assert loss(tuned) < loss(merged)
+    changed = [k for k, v in tuned.state_dict().items() if v.is_floating_point()
+               and not torch.equal(v, merged.state_dict()[k])]
+    assert "stem.weight" in changed and "classifier.weight" in changed
+    with pytest.raises(ValueError, match="needs the color model"):
+        repair_model(merged, "finetune-kd", train_set, config)
+    kd = repair_model(merged, "finetune-kd:1", train_set, config, seed=0, teacher=two_layers.models["color"],
+                      teacher_normalize="cifar")
+    assert not torch.equal(kd.state_dict()["stem.weight"], merged.state_dict()["stem.weight"])
 
 
 def test_saved_model_reloads_with_identical_outputs(two_layers, tmp_path):
@@ -214,6 +253,10 @@ def test_report_has_every_row_and_renders(two_layers):
     md = render_markdown(report)
     assert "Synthetic (test)" in md and "folded gray model (uncompressed) + bn-train" in md
     assert md.count("\n| ") >= len(keys) + 2 + len(two_layers.layers)
+    stages = report["stage_seconds"]  # per stage, summed over the two layers
+    assert {"fold", "fields", "distances", "clustering", "merge", "evaluate", "repair merged+bn-train"} <= set(stages)
+    fields = sum(v for k, v in two_layers.timings.items() if k.startswith("fields "))
+    assert stages["fields"] == pytest.approx(fields, abs=2e-3) and "## Time per stage" in md
 
 
 def test_macs_agree_with_torch_flop_counter():

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from achroma.fold import fold_to_gray
 from achroma.models import create_model
-from achroma.pipeline.compress import _plan
+from achroma.pipeline import CompressConfig, plan_layers
 from achroma.data import get_normalization
 from achroma.progress import progress
 from achroma.surgery import check_disjoint_groups, merge_channels
@@ -39,9 +39,8 @@ def test_first_conv_is_the_first_the_forward_pass_calls_everywhere():
     assert first_conv_in_channels(model) == 3  # evaluate's channel check
     gray, report = fold_to_gray(model, "cifar")  # the fold
     assert report.layer == "stem" and gray.stem.in_channels == 1
-    paths, *_ = _plan(model, get_normalization("cifar"), 32, torch.device("cpu"), "first", "mse", None, 0.5,
-                      "dbscan", {})  # the compress plan
-    assert paths == ["stem"]
+    plans = plan_layers(model, get_normalization("cifar"), 32, CompressConfig(layers="first", keep=0.5))
+    assert [p.path for p in plans] == ["stem"]  # the compress plan
 
 
 class Split(nn.Module):
@@ -76,8 +75,7 @@ def test_layers_that_write_one_channel_group_are_refused_in_the_plan():
         check_disjoint_groups(model, ["conv1", "layer1.0.conv1", "layer1.1.conv2"], x)
     check_disjoint_groups(model, ["conv1", "layer1.0.conv1", "layer2.0.conv1"], x)  # distinct groups pass
     with pytest.raises(ValueError, match="write the same channels"):
-        _plan(model, get_normalization("cifar"), 32, torch.device("cpu"), "conv1,layer1.2.conv2", "mse", None,
-              0.5, "dbscan", {})
+        plan_layers(model, get_normalization("cifar"), 32, CompressConfig(layers="conv1,layer1.2.conv2", keep=0.5))
 
 
 def test_progress_in_a_log_file_is_lines_not_carriage_return_frames():

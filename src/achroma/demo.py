@@ -80,7 +80,7 @@ def _run(out_dir: str | Path | None, model_path: str | Path | None, data_path: s
 
     from .data import load_dataset
     from .io import load_checkpoint
-    from .pipeline import compress
+    from .pipeline import CompressConfig, compress
     from .report import build_report, render_markdown, write_outputs
 
     start = time.perf_counter()
@@ -102,9 +102,9 @@ def _run(out_dir: str | Path | None, model_path: str | Path | None, data_path: s
         train_set = train_set.stratified_subset(calib_per_class)
     for data in (train_set, test_set):
         data.extra["display_name"] = DISPLAY_NAME
-    result = compress(model, meta.get("normalization", "cifar"), train_set, test_set, layers="first:1",
-                      metric="mse", cluster_method="dbscan", keep=keep, repair="distill,bn-train", progress=progress,
-                      log=log)
+    config = CompressConfig(layers="first:1", metric="mse", cluster_method="dbscan", keep=keep,
+                            repair="distill,bn-train", progress=progress)
+    result = compress(model, meta.get("normalization", "cifar"), train_set, test_set, config, log=log)
     report = build_report(result, latency=latency, runs_b1=20, runs_b256=3, log=log)
     report["demo"] = True
     report["source"] = {"model": str(model_path), "data": str(data_path)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..pipeline.config import SELECTIONS
 from .common import add_model_args, check_out_dir, resolve_model
 
 
@@ -33,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--metric", default="mse", help="mse | ssim | cosine | brightness | imed; one, or one per layer "
                    "(e.g. mse,imed: the notebook's)")
     p.add_argument("--cluster", default="dbscan", choices=["dbscan", "kmeans", "agglomerative"])
+    p.add_argument("--selection", default="fields", choices=list(SELECTIONS),
+                   help="what filters are compared by: fields (receptive fields, the method; default) or a baseline "
+                        "at the same group sizes: kernels, weights (k-means), activations, random, l1 (pruning)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--eps", default=None, help="threshold on the min-max-scaled distances (dbscan eps, "
                      "agglomerative distance threshold); one, or one per layer (the notebook: 0.027 on layer 1)")
@@ -47,10 +51,12 @@ def register(sub) -> None:
     p.add_argument("--fields-from", default="color", choices=["color", "current"],
                    help="compute each layer's fields in the color model, then luma (color, default: the notebook's "
                         "way, and the better merge in docs/RESULTS.md) or in the gray model as merged so far")
-    p.add_argument("--repair", default="bn-train", help="ls-refit | bn-train | bn-stats | distill | none, a sequence "
-                   "joined by '+' (ls-refit+distill), or several to compare (bn-train,ls-refit+distill); "
+    p.add_argument("--repair", default="bn-train", help="ls-refit | bn-train | bn-stats | distill | finetune | "
+                   "finetune-kd | none, a sequence joined by '+' (ls-refit+distill), or several to compare "
+                   "(bn-train,ls-refit+distill); trained repairs take epochs after ':' (finetune:3); "
                    "the saved model carries the first")
-    p.add_argument("--epochs", type=int, default=1, help="bn-train and distill epochs (default 1, the notebook's)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of trained repairs that name none (default 1, the "
+                   "notebook's)")
     p.add_argument("--lr", type=float, default=0.01, help="bn-train learning rate (default 0.01)")
     p.add_argument("--momentum", type=float, default=0.7, help="bn-train momentum (default 0.7)")
     p.add_argument("--repair-batch-size", type=int, default=32, help="bn-train and distill batch size (default 32, Keras')")
@@ -120,7 +126,7 @@ def run(args) -> int:
     import torch
 
     from ..data import load_dataset
-    from ..pipeline import RepairConfig, check_repairs, compress, per_layer, resolve_layers, split_list
+    from ..pipeline import CompressConfig, RepairConfig, check_repairs, compress, per_layer, resolve_layers, split_list
     from ..pipeline.spec import check_metric
     from ..report import build_report, render_markdown, write_outputs
     from .common import device
@@ -164,12 +170,12 @@ def run(args) -> int:
     config = RepairConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.repair_batch_size,
                           stats_augment=not args.no_stats_augment, distill_lr=args.distill_lr,
                           distill_loss=args.distill_loss)
-    result = compress(model, normalize, train_set, test_set, layers=paths, metric=args.metric,
-                      cluster_method=args.cluster, eps=args.eps, keep=args.keep, repair=repairs,
-                      fields_kw={"steps": args.steps, "restarts": args.restarts}, seed=args.seed,
-                      clusterings=given, repair_config=config, fields_from=args.fields_from, imed_r=args.imed_r,
-                      min_samples=args.min_samples,
-                      batch_size=args.batch_size, device=device(args.device), progress=not args.quiet, log=log)
+    settings = CompressConfig(layers=paths, metric=args.metric, cluster_method=args.cluster, eps=args.eps,
+                              keep=args.keep, selection=args.selection, repair=repairs, repair_config=config,
+                              fields={"steps": args.steps, "restarts": args.restarts}, fields_from=args.fields_from,
+                              imed_r=args.imed_r, min_samples=args.min_samples, seed=args.seed,
+                              batch_size=args.batch_size, device=str(device(args.device)), progress=not args.quiet)
+    result = compress(model, normalize, train_set, test_set, settings, clusterings=given, log=log)
     runs = max(1, args.latency_runs)
     report = build_report(result, latency=not args.no_latency, runs_b1=runs, runs_b256=max(3, runs // 4), log=log)
     report["source"] = {"model": args.model, "weights": args.weights, "dataset": args.dataset,

@@ -5,9 +5,12 @@
     ...                   keep=0.55, repair="bn-train")
     >>> [(r.key, r.accuracy) for r in result.rows]
 """
-from .compress import CompressionResult, LayerResult, Row, compress
+from .compress import CompressionResult, Row, compress
+from .config import SELECTIONS, CompressConfig, LayerPlan
+from .merging import LayerResult, MergeContext, merge_network, plan_layers
 from .repairs import RepairConfig, repair_model
 from .spec import REPAIRS, check_cluster_setting, check_repairs, per_layer, resolve_layers, split_list
 
-__all__ = ["CompressionResult", "LayerResult", "Row", "compress", "RepairConfig", "repair_model", "REPAIRS",
+__all__ = ["CompressionResult", "LayerResult", "Row", "compress", "CompressConfig", "LayerPlan", "SELECTIONS",
+           "MergeContext", "merge_network", "plan_layers", "RepairConfig", "repair_model", "REPAIRS",
            "check_cluster_setting", "check_repairs", "per_layer", "resolve_layers", "split_list"]

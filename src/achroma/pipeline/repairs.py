@@ -3,7 +3,10 @@
 bn-train and bn-stats touch the BN layers only; distill trains every weight of the gray model to
 regress the color model's logits on the same images (the color model teaches its merged self);
 ls-refit solves for the weights of the layers that read merged channels so that they reproduce the
-uncompressed gray model's outputs there (closed form, no training; a no-op on the uncompressed model).
+uncompressed gray model's outputs there (closed form, no training; a no-op on the uncompressed model);
+finetune trains every weight on the labels (finetune-kd: labels plus Hinton distillation from the
+color model), with the augmentation and schedule of ordinary training. Trained repairs take an
+epoch count after a colon ('finetune:3'); without one they train for `RepairConfig.epochs`.
 
 The merged model and the uncompressed folded model get the *same* repair: same images, same
 order, same epochs and step size, so that the table compares compression at a matched budget.
@@ -11,7 +14,7 @@ order, same epochs and step size, so that the table compares compression at a ma
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -20,6 +23,7 @@ import torch.nn as nn
 from ..data import BatchLoader, ImageDataset
 from ..repair import bn_recalibrate, bn_train, ls_refit
 from ..training import TrainConfig
+from .spec import parse_repair_step
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class RepairConfig:
     by default, the training augmentation (crop + flip): BN statistics are part of what the model
     learned, and re-estimating them on plain images cost the demo model 9 points of color accuracy
     (0.732 -> 0.641 on 2,000 test images; 0.730 with augmented images).
+    finetune (and finetune-kd) trains all weights like ordinary training, gently: SGD lr 0.01
+    (`finetune_lr`, a tenth of training's), momentum 0.9, Nesterov, weight decay 5e-4, cosine, batch
+    128, crop + flip; finetune-kd adds Hinton KD from the color model (T 4, soft weight 0.5).
     distill uses the same epochs, batch and augmentation with its own SGD (`distill_lr` 0.003: on the
     demo model's first-layer merge it beat 0.01 and 0.03 by 0.5 and 7 points; momentum
     0.9, cosine, no weight decay) and loss (`distill_loss`: 'mse' on logits or 'kd'), then
@@ -45,6 +52,11 @@ class RepairConfig:
     distill_loss: str = "mse"
     refit_images: int = 2000
     refit_ridge: float = 1e-4
+    finetune_lr: float = 0.01
+    finetune_batch_size: int = 128
+    finetune_weight_decay: float = 5e-4
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +74,9 @@ def repair_model(model: nn.Module, kind: str, train_set: ImageDataset, config: R
     """
     out = copy.deepcopy(model).to(device)
     for step in kind.split("+"):
-        out = _repair_step(out, step, train_set, config, seed, device, teacher, teacher_normalize, reference)
+        name, epochs = parse_repair_step(step)
+        step_config = config if epochs is None else replace(config, epochs=epochs)
+        out = _repair_step(out, name, train_set, step_config, seed, device, teacher, teacher_normalize, reference)
     return out
 
 
@@ -87,6 +101,8 @@ def _repair_step(out: nn.Module, kind: str, train_set: ImageDataset, config: Rep
         return bn_train(out, _epochs(loader, config.epochs), epochs=1, lr=config.lr, momentum=config.momentum)
     if kind == "bn-stats":
         return bn_recalibrate(out, _stats_loader(train_set, config, seed, device))
+    if kind in ("finetune", "finetune-kd"):
+        return _finetune(out, kind, train_set, config, seed, device, teacher, teacher_normalize)
     if kind == "distill":
         if teacher is None:
             raise ValueError("the distill repair needs the color model as teacher")
@@ -102,6 +118,27 @@ def _repair_step(out: nn.Module, kind: str, train_set: ImageDataset, config: Rep
         # images drawn as in this training (plain unless config.augment), not as in the original one.
         return bn_recalibrate(out, _stats_loader(train_set, config, seed, device, augment=config.augment)).eval()
     raise ValueError(f"unknown repair {kind!r}")
+
+
+def _finetune(out: nn.Module, kind: str, train_set: ImageDataset, config: RepairConfig, seed: int,
+              device: str | torch.device, teacher: nn.Module | None, teacher_normalize: Any) -> nn.Module:
+    """All weights trained on the labels (finetune-kd: plus the color model's softened logits)."""
+    from ..training import train
+
+    train_config = TrainConfig(epochs=config.epochs, batch_size=config.finetune_batch_size, lr=config.finetune_lr,
+                               momentum=0.9, weight_decay=config.finetune_weight_decay, schedule="cosine",
+                               mode="gray", normalize="none", augment=True, seed=seed, device=str(device))
+    if kind == "finetune":
+        train(out, train_set, train_config, resume=False)
+        return out.eval()
+    if teacher is None:
+        raise ValueError("the finetune-kd repair needs the color model as teacher")
+    from ..distill import distill
+
+    distill(out, teacher, train_set, train_config, teacher_mode="color" if train_set.channels == 3 else "gray3",
+            student_mode="gray", teacher_normalize=teacher_normalize, student_normalize="none", loss="kd",
+            T=config.kd_temperature, alpha=config.kd_alpha, progress=False)
+    return out.eval()
 
 
 def _stats_loader(train_set: ImageDataset, config: RepairConfig, seed: int, device: Any,

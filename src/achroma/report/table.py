@@ -52,6 +52,7 @@ def build_report(result: Any, latency: bool = True, runs_b1: int = 20, runs_b256
         "fold": result.fold.to_dict(),
         "settings": result.settings,
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "stage_seconds": stage_seconds(result.timings),
         "costs": {
             "macs": MACS_METHOD,
             "latency": (f"CPU, median of {runs_b1} runs at batch 1 and {runs_b256} at batch 256 after warm-up, the "
@@ -96,6 +97,16 @@ def _matched_summary(rows: list[dict[str, Any]]) -> list[str]:
     return out + ([""] if out else [])
 
 
+def stage_seconds(timings: dict[str, float]) -> dict[str, float]:
+    """Seconds per pipeline stage, summed over layers: 'fields conv1' + 'fields conv2' -> 'fields'. Repairs
+    keep their name ('repair merged+bn-train'), as each is a cost a user chooses."""
+    out: dict[str, float] = {}
+    for key, value in timings.items():
+        stage = key if key.startswith("repair ") else key.split(" ", 1)[0]
+        out[stage] = round(out.get(stage, 0.0) + value, 3)
+    return out
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: the table, the clustering per layer, how things were measured."""
     s = report["settings"]
@@ -104,7 +115,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Compression report: {report['model'] or 'model'} on {report['dataset']}", ""]
     lines.append(f"Test images: {s['test_images']:,} of {report['dataset']}. Repair data: {s['calibration_images']:,} "
                  f"training images (gray). Layers merged, in order: {', '.join(s['layers'])}.")
-    repairs = {step for k in report["repairs"] for step in k.split("+") if step != "none"}
+    repairs = {step.split(":")[0] for k in report["repairs"] for step in k.split("+") if step != "none"}
     if repairs:
         lines.append(f"Repair budget, the same for the merged and the uncompressed folded model: bn-train = "
                      f"{rc['epochs']} epoch(s) of SGD on the BN affine parameters only (lr {rc['lr']}, momentum "
@@ -120,7 +131,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                         f"{min(rc.get('refit_images') or 0, s['calibration_images']):,} of those images, no training "
                         "(nothing to refit in the uncompressed model)"
                         if "ls-refit" in repairs else "")
-                     + "; a+b = a, then b.")
+                     + (f"; finetune = every weight trained on the labels (SGD lr {rc.get('finetune_lr')}, momentum "
+                        f"0.9, weight decay {rc.get('finetune_weight_decay')}, cosine, batch "
+                        f"{rc.get('finetune_batch_size')}, crop + flip), finetune-kd adds Hinton KD from the color "
+                        f"model (T {rc.get('kd_temperature')}, soft weight {rc.get('kd_alpha')})"
+                        if repairs & {"finetune", "finetune-kd"} else "")
+                     + "; a+b = a, then b; a:N = a for N epochs.")
     lines += ["", "| model | input | repair | accuracy | parameters | MMACs / image | latency b=1 (ms) | "
               "latency b=256 (ms) |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
@@ -154,6 +170,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                                                  "in the gray model as merged so far")
               + f". Final model: {report['final_model']}.",
               ""]
+    stages = report.get("stage_seconds") or {}
+    if stages:
+        lines += ["## Time per stage", "", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {stage} | {sec:.1f} |" for stage, sec in stages.items()]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -1,0 +1,75 @@
+"""How `compress` runs (one `CompressConfig`) and what it does to each layer (one `LayerPlan` per layer).
+
+The config holds the choices a user makes once (which layers, how filters are compared and
+clustered, which repairs); `plan_layers` turns it into one checked plan per layer before any work,
+so a bad layer name or a clustering that does not fit fails in a second, not after the fields.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .repairs import RepairConfig
+
+if TYPE_CHECKING:
+    from ..clustering import Clustering
+
+SELECTIONS = ("fields", "kernels", "weights", "activations", "random", "l1")
+
+
+@dataclass
+class CompressConfig:
+    """Everything `compress` needs besides the model and the data.
+
+    layers: module paths and/or 'first:N' or 'all', in the order they are merged. metric, eps and
+    keep: one value for all layers or one per layer ('mse,imed'); per layer exactly one of eps and
+    keep unless a clustering is given for it. selection: what the filters are compared by: 'fields'
+    (receptive fields, the method), or a baseline at the same group sizes: 'kernels' (the same
+    metric on the folded kernels), 'weights' (k-means on raw weights), 'activations' (correlation
+    of outputs on calibration images), 'random' (random clusters), 'l1' (Torch-Pruning's L1 filter
+    pruning: keeps the largest, drops the rest, no merge). repair: one or several repairs to
+    compare (see `repairs`); the first is the one `CompressionResult.final_model` carries.
+    fields: keyword arguments of `compute_receptive_fields` (steps, restarts, ...). fields_from:
+    'color' computes each layer's fields in the color model and clusters their luma (the
+    notebook's way, the better merge in docs/RESULTS.md), 'current' in the gray model as merged so far.
+    """
+
+    layers: str | Sequence[str] = "first:1"
+    metric: str | Sequence[str] = "mse"
+    cluster_method: str = "dbscan"
+    eps: float | str | Sequence[float | None] | None = None
+    keep: float | str | Sequence[float | None] | None = None
+    selection: str = "fields"
+    repair: str | Sequence[str] = "bn-train"
+    repair_config: RepairConfig = field(default_factory=RepairConfig)
+    fields: dict[str, Any] = field(default_factory=dict)
+    fields_from: str = "color"
+    imed_r: float = 1.0
+    min_samples: int = 1
+    border: str = "exact"
+    seed: int = 0
+    batch_size: int | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fields_from not in ("current", "color"):
+            raise ValueError(f"fields_from must be 'current' or 'color'; got {self.fields_from!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; choose from {', '.join(SELECTIONS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["repair_config"] = self.repair_config.to_dict()
+        return out
+
+
+@dataclass
+class LayerPlan:
+    """One layer's part of the run: its metric and clustering target, or a clustering given for it."""
+
+    path: str
+    metric: str | None
+    eps: float | None
+    keep: float | None
+    clustering: Clustering | None = None  # given: no fields, distances or clustering are computed
