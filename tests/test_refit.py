@@ -77,3 +77,54 @@ def test_ls_refit_repair_is_a_no_op_on_the_uncompressed_model_and_sequences_run_
         check_repairs("refit+distill")
     with pytest.raises(ValueError, match="reference"):
         repair_model(gray, "ls-refit", data, RepairConfig())
+
+
+def _halve_every_group(gray):
+    """Every mergeable group but the first stream merged to half, channel pairs (2i, 2i+1); its merges."""
+    from achroma.surgery.groups import channel_groups
+
+    x = torch.rand(1, 1, 32, 32, dtype=torch.float64)
+    merged, merges = gray, {}
+    for g in channel_groups(gray, x):
+        if g.refused is None and g.root != "conv1":
+            labels = np.arange(g.channels) // 2
+            merged = merge_channels(merged, g.root, labels, x)
+            merges[g.root] = (labels.tolist(), list(range(0, g.channels, 2)))
+    return merged, merges
+
+
+def test_producer_refit_of_exact_duplicates_changes_nothing():
+    """Each pair made exact duplicates before a whole-network merge: the merge is exact, so refitting the
+    producers to the members' mean BN output must leave the weights' function, hence the logits, alone."""
+    from channel_copies import copy_channels
+
+    from achroma.surgery import trace_channel_uses
+    from achroma.surgery.graph import prepare_for_surgery
+    from achroma.surgery.groups import channel_groups
+
+    gray = prepare_for_surgery(_gray_resnet())  # shortcuts as channel maps, so their rows can be copied
+    x = torch.rand(1, 1, 32, 32, dtype=torch.float64)
+    for g in channel_groups(gray, x):
+        if g.refused is None and g.root != "conv1":
+            copy_channels(gray, trace_channel_uses(gray, g.root, x), [(i, i + 1) for i in range(0, g.channels, 2)])
+    merged, merges = _halve_every_group(gray)
+    test = _batches(32, seed=5)[0][0]
+    with torch.no_grad():
+        assert (merged(test) - gray(test)).abs().max() <= 1e-9 * gray(test).abs().max()
+    report = ls_refit(merged, gray, _batches(256), merges=merges, ridge=1e-10)
+    assert "layer2.0.conv1" in report.layers and "layer3.2.conv2" in report.layers  # producers were refit
+    with torch.no_grad():
+        assert (merged(test) - gray(test)).abs().max() <= 1e-4 * gray(test).abs().max()
+
+
+def test_producer_refit_reaches_layers_that_both_read_and_write_merged_channels():
+    gray = _gray_resnet()
+    merged, merges = _halve_every_group(gray)
+    consumers_only = ls_refit(copy.deepcopy(merged), gray, _batches(64))
+    assert "layer2.0.conv1" not in consumers_only.layers  # reads and writes merged channels
+    report = ls_refit(merged, gray, _batches(64), merges=merges)
+    assert set(consumers_only.layers) < set(report.layers) and "layer2.0.conv1" in report.layers
+    assert "conv1" not in report.layers  # the fold's border conv, and an unmerged stream, are left alone
+    # the merge already gives a producer with unchanged inputs its target (the members' mean): ridge only
+    assert all(a <= b + 1e-3 for a, b in zip(report.error_after, report.error_before))
+    assert sum(report.error_after) < 0.5 * sum(report.error_before)

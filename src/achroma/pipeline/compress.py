@@ -166,7 +166,8 @@ def compress(model: nn.Module, normalization: str | dict | Any, train_set: Image
     merged, done = merge_network(gray, plans, config, context, timings, log=say)
     score("merged", "merged gray model, no repair", merged, "merged", "gray", GRAY_NORMALIZATION)
     models = {"color": model, "folded": gray, "merged": merged}
-    _repair_all(models, repairs, score, train_set, config, norm, device, timings, say)
+    merges = {ly.layer: (ly.clustering.labels.tolist(), list(ly.clustering.representatives)) for ly in done}
+    _repair_all(models, repairs, score, train_set, config, norm, device, timings, say, merges)
 
     settings = {**config.to_dict(), "layers": [p.path for p in plans], "metric": [p.metric for p in plans],
                 "eps": [p.eps for p in plans], "keep": [p.keep for p in plans], "repair": repairs,
@@ -183,7 +184,7 @@ def compress(model: nn.Module, normalization: str | dict | Any, train_set: Image
 
 def _repair_all(models: dict[str, nn.Module], repairs: list[str], score: _Scorer, train_set: ImageDataset,
                 config: CompressConfig, norm: Any, device: torch.device, timings: dict[str, float],
-                say: Log) -> None:
+                say: Log, merges: dict[str, tuple[list[int], list[int]]]) -> None:
     """Each repair, given alike to the merged and the uncompressed folded model; rows and models added."""
     for kind in repairs:
         for base, label in (("merged", "merged gray model"), ("folded", "folded gray model (uncompressed)")):
@@ -197,6 +198,7 @@ def _repair_all(models: dict[str, nn.Module], repairs: list[str], score: _Scorer
             say(f"repair {kind} of the {base} model on {len(train_set)} images")
             models[key] = repair_model(models[base], kind, train_set, config.repair_config, seed=config.seed,
                                        device=device, teacher=models["color"], teacher_normalize=norm,
-                                       reference=models["folded"]).eval()
+                                       reference=models["folded"],
+                                       merges=merges if base == "merged" else None).eval()
             timings[f"repair {key}"] = time.perf_counter() - t
             score(key, f"{label} + {kind}", models[key], key, "gray", GRAY_NORMALIZATION, repair=kind)

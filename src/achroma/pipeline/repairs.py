@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..data import BatchLoader, ImageDataset
 from ..repair import bn_recalibrate, bn_train, ls_refit
+from ..repair.refit import Merges
 from ..training import TrainConfig
 from .spec import parse_repair_step
 
@@ -64,10 +65,12 @@ class RepairConfig:
 
 def repair_model(model: nn.Module, kind: str, train_set: ImageDataset, config: RepairConfig, seed: int = 0,
                  device: str | torch.device = "cpu", teacher: nn.Module | None = None,
-                 teacher_normalize: Any = None, reference: nn.Module | None = None) -> nn.Module:
+                 teacher_normalize: Any = None, reference: nn.Module | None = None,
+                 merges: Merges | None = None) -> nn.Module:
     """A repaired copy of gray model `model` (one of REPAIRS, or several joined by '+', applied in
     order; the input is untouched). 'distill' needs `teacher` (the color model) and its input
-    normalization; 'ls-refit' needs `reference` (the uncompressed gray model).
+    normalization; 'ls-refit' needs `reference` (the uncompressed gray model) and, to refit the convs
+    whose outputs were merged too, `merges` (each merged group's labels and representatives).
 
     The calibration images go in as raw [0, 1] gray (the folded model's input); the loader's shuffle
     is seeded by `seed` alone, so two calls with the same arguments see the same batches.
@@ -76,13 +79,14 @@ def repair_model(model: nn.Module, kind: str, train_set: ImageDataset, config: R
     for step in kind.split("+"):
         name, epochs = parse_repair_step(step)
         step_config = config if epochs is None else replace(config, epochs=epochs)
-        out = _repair_step(out, name, train_set, step_config, seed, device, teacher, teacher_normalize, reference)
+        out = _repair_step(out, name, train_set, step_config, seed, device, teacher, teacher_normalize, reference,
+                           merges)
     return out
 
 
 def _repair_step(out: nn.Module, kind: str, train_set: ImageDataset, config: RepairConfig, seed: int,
                  device: str | torch.device, teacher: nn.Module | None, teacher_normalize: Any,
-                 reference: nn.Module | None) -> nn.Module:
+                 reference: nn.Module | None, merges: Merges | None = None) -> nn.Module:
     """One repair of `out`, in place where it can be; returns the repaired model."""
     if kind == "ls-refit":
         if reference is None:
@@ -90,7 +94,8 @@ def _repair_step(out: nn.Module, kind: str, train_set: ImageDataset, config: Rep
         per_class = max(1, config.refit_images // max(1, len(train_set.classes)))
         images = train_set.stratified_subset(per_class) if config.refit_images < len(train_set) else train_set
         loader = BatchLoader(images, batch_size=256, mode="gray", normalize="none", device=device)
-        ls_refit(out, reference.to(device), loader, ridge=config.refit_ridge, size=int(train_set.images.shape[-1]))
+        ls_refit(out, reference.to(device), loader, ridge=config.refit_ridge, size=int(train_set.images.shape[-1]),
+                 merges=merges)
         return out.eval()
     if kind == "none":
         return out

@@ -10,19 +10,26 @@ in closed form (ThiNet, Luo et al. ICCV 2017, and Neuron Merging, Kim et al. Neu
 idea). The consumer's BatchNorm and everything after it are unchanged: matching the conv's output
 before its BN is matching what the BN normalizes. Layers are refit in forward order, each on inputs
 produced by the layers already refit, so corrections do not pile up.
+
+Layers whose *outputs* were merged are refit too when the merge is known (`merges`: each group's
+clusters) and a BatchNorm reads them: the target of merged channel j is the mean of its members'
+BN outputs in the uncompressed model (what the merge's averaging aims at, free of each member's
+scale), taken back through the merged BN to the conv's output. In a whole-network merge, where
+almost every conv both reads and writes merged channels, this is what lets the refit reach them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.inspect import conv_forward_order
+from ..models.inspect import _StopForward, conv_forward_order
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Merges = Mapping[str, tuple[Sequence[int], Sequence[int]]]  # a conv of the group -> (labels, representatives)
 
 
 @dataclass
@@ -77,24 +84,100 @@ def _targets(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _capture(model: nn.Module, path: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, output) of `path` on batch x."""
+    """(input, output) of `path` on batch x; the forward pass stops there."""
     seen: dict[str, torch.Tensor] = {}
 
     def hook(_m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         seen["in"], seen["out"] = inputs[0], output
+        raise _StopForward
 
     handle = model.get_submodule(path).register_forward_hook(hook)
     try:
         model(x)
+    except _StopForward:
+        pass
     finally:
         handle.remove()
     return seen["in"], seen["out"]
 
 
+@dataclass
+class _ProducerTarget:
+    """How a conv whose output channels were merged is refit: through the BN that reads it."""
+
+    bn: str
+    members: list[list[int]]  # per merged output channel, the reference channels it stands for
+
+
+def merged_producers(model: nn.Module, reference: nn.Module, merges: Merges, example: torch.Tensor,
+                     ) -> dict[str, _ProducerTarget]:
+    """Convs (groups=1) of `model` whose outputs are a merged group, each read by exactly one BN.
+
+    `merges` names each merged group by any conv that writes it (compress names its root); the
+    group's writers come from the reference's channel_groups. Merged channel j is the cluster with the j-th smallest representative (pruning keeps
+    representatives in order).
+    """
+    from ..surgery.groups import channel_groups
+
+    groups = {w: g for g in channel_groups(reference, example.to(next(reference.parameters()).dtype))
+              for w in g.writers}
+    readers = _bn_readers(model, example.to(next(model.parameters()).dtype))
+    out = {}
+    for layer, (labels, reps) in merges.items():
+        group = groups.get(layer)
+        if group is None:
+            continue
+        labels = list(labels)
+        members = [[i for i, lab in enumerate(labels) if lab == labels[r]] for r in sorted(reps)]
+        for path in group.writers:
+            m = model.get_submodule(path)
+            plain = isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward  # not the fold's border conv
+            if not plain or m.groups != 1 or path not in readers:
+                continue
+            if m.out_channels != len(members) or reference.get_submodule(path).out_channels != len(labels):
+                continue
+            out[path] = _ProducerTarget(readers[path], members)
+    return out
+
+
+@torch.no_grad()
+def _bn_readers(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """conv path -> path of the BatchNorm2d that takes that conv's output tensor as its input."""
+    outputs: dict[int, str] = {}
+    found: dict[str, str] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(lambda _m, _i, o, name=name: outputs.__setitem__(id(o), name)))
+        elif isinstance(m, nn.BatchNorm2d):
+            def pre(_m: nn.Module, inputs: tuple, name: str = name) -> None:
+                conv = outputs.get(id(inputs[0]))
+                if conv is not None:
+                    found[conv] = name
+            handles.append(m.register_forward_pre_hook(pre))
+    try:
+        model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def _through_bn(bn: nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
+    """The BN input z with bn(z) = t, channel-wise (the merged BN's own statistics and affine map)."""
+    shape = (1, -1, 1, 1)
+    std = (bn.running_var.double() + bn.eps).sqrt().view(shape)
+    gamma = bn.weight.double().view(shape) if bn.weight is not None else torch.ones_like(std)
+    beta = bn.bias.double().view(shape) if bn.bias is not None else torch.zeros_like(std)
+    gamma = torch.where(gamma.abs() < 1e-6, torch.full_like(gamma, 1e-6), gamma)
+    return (t - beta) / gamma * std + bn.running_mean.double().view(shape)
+
+
 @torch.no_grad()
 def ls_refit(model: nn.Module, reference: nn.Module, batches: Batches, layers: list[str] | None = None,
-             ridge: float = 1e-4, size: int = 32) -> RefitReport:
-    """Refit `layers` of `model` in place (default `changed_consumers`) to match `reference`'s outputs.
+             ridge: float = 1e-4, size: int = 32, merges: Merges | None = None) -> RefitReport:
+    """Refit `layers` of `model` in place (default `changed_consumers`, plus, with `merges`, the convs
+    whose outputs were merged: `merged_producers`) to match `reference`'s outputs.
 
     `batches` yields (images, labels) the two models take (raw gray for folded models); it is read
     once and kept (a few thousand images). Both models are used in eval mode.
@@ -102,30 +185,46 @@ def ls_refit(model: nn.Module, reference: nn.Module, batches: Batches, layers: l
     images = torch.cat([x for x, _ in batches])
     model.eval()
     reference.eval()
-    layers = changed_consumers(model, reference, size) if layers is None else list(layers)
+    producers = merged_producers(model, reference, merges, images[:1]) if merges else {}
+    if layers is None:
+        consumers = set(changed_consumers(model, reference, size))
+        order = conv_forward_order(model, size) + [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        layers = [p for p in order if p in consumers or p in producers]
     report = RefitReport(images=len(images))
     for path in layers:
-        module = model.get_submodule(path)
-        w = module.weight
-        dim = w[0].numel()
-        xtx = torch.zeros(dim, dim, dtype=torch.float64, device=w.device)
-        xty = torch.zeros(dim, w.shape[0], dtype=torch.float64, device=w.device)
-        yty = torch.zeros((), dtype=torch.float64, device=w.device)
-        for chunk in images.split(64):
-            x_in, _ = _capture(model, path, chunk)
-            _, y_ref = _capture(reference, path, chunk)
-            a, b = _design(module, x_in.double()), _targets(module, y_ref.double())
-            xtx += a.T @ a
-            xty += a.T @ b
-            yty += b.pow(2).sum()
-        old = w.detach().double().reshape(w.shape[0], -1).T
-        lam = (ridge * torch.trace(xtx) / dim).clamp_min(1e-12)  # inputs all zero: still solvable (W = 0)
-        new = torch.linalg.solve(xtx + lam * torch.eye(dim, dtype=torch.float64, device=w.device), xty)
-        report.layers.append(path)  # relative residual ||XW - Y|| / ||Y||, before and after
-        report.error_before.append(_rel_error(xtx, xty, yty, old))
-        report.error_after.append(_rel_error(xtx, xty, yty, new))
-        w.copy_(new.T.reshape(w.shape).to(w.dtype))
+        _refit_layer(model, reference, path, images, ridge, producers.get(path), report)
     return report
+
+
+def _refit_layer(model: nn.Module, reference: nn.Module, path: str, images: torch.Tensor, ridge: float,
+                 producer: _ProducerTarget | None, report: RefitReport) -> None:
+    """Accumulate X^T X, X^T Y over the images, solve the ridge problem, write the weights."""
+    module = model.get_submodule(path)
+    w = module.weight
+    dim = w[0].numel()
+    xtx = torch.zeros(dim, dim, dtype=torch.float64, device=w.device)
+    xty = torch.zeros(dim, w.shape[0], dtype=torch.float64, device=w.device)
+    yty = torch.zeros((), dtype=torch.float64, device=w.device)
+    for chunk in images.split(64):
+        x_in, _ = _capture(model, path, chunk)
+        if producer is None:
+            _, y_ref = _capture(reference, path, chunk)
+        else:  # the members' mean BN output, back through the merged BN
+            _, bn_out = _capture(reference, producer.bn, chunk)
+            bn_out = bn_out.double()
+            t = torch.stack([bn_out[:, m].mean(1) for m in producer.members], 1)
+            y_ref = _through_bn(model.get_submodule(producer.bn), t)
+        a, b = _design(module, x_in.double()), _targets(module, y_ref.double())
+        xtx += a.T @ a
+        xty += a.T @ b
+        yty += b.pow(2).sum()
+    old = w.detach().double().reshape(w.shape[0], -1).T
+    lam = (ridge * torch.trace(xtx) / dim).clamp_min(1e-12)  # inputs all zero: still solvable (W = 0)
+    new = torch.linalg.solve(xtx + lam * torch.eye(dim, dtype=torch.float64, device=w.device), xty)
+    report.layers.append(path)  # relative residual ||XW - Y|| / ||Y||, before and after
+    report.error_before.append(_rel_error(xtx, xty, yty, old))
+    report.error_after.append(_rel_error(xtx, xty, yty, new))
+    w.copy_(new.T.reshape(w.shape).to(w.dtype))
 
 
 def _rel_error(xtx: torch.Tensor, xty: torch.Tensor, yty: torch.Tensor, w: torch.Tensor) -> float:

@@ -1,0 +1,98 @@
+"""`achroma sweep`: budgets x methods x repairs on one model -> one table (CSV, JSON, Markdown) and plots.
+
+Resumable: run the same command again after a kill and only the missing points are computed (the
+folder keeps `results.jsonl` and the merged models). A folder from a sweep with other settings is
+refused. `--report-only` rewrites the tables and plots from what is there.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..pipeline.config import SELECTIONS
+from .common import add_model_args, check_out_dir, resolve_model
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="budgets x methods x repairs -> accuracy/size table and Pareto plots (resumable)")
+    add_model_args(p, normalize=True)
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--display-name", default=None)
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--target-macs", default=None, help="shares of the MACs kept, e.g. 0.8,0.5,0.3")
+    budget.add_argument("--target-params", default=None, help="shares of the parameters kept")
+    p.add_argument("--skip", default=None, help="groups to leave whole, named by a conv that writes them")
+    p.add_argument("--methods", default="fields,l1,random",
+                   help=f"selections to compare at the same group sizes: {', '.join(SELECTIONS)}")
+    p.add_argument("--repairs", default="none,ls-refit,bn-train", help="repairs as compress takes them, e.g. "
+                   "none,ls-refit,bn-train,distill,ls-refit+distill,finetune:3")
+    p.add_argument("--scratch-epochs", type=int, default=None,
+                   help="also train each budget's compressed architecture from scratch for this many epochs")
+    p.add_argument("--metric", default="mse", help="distance between fields (and kernels)")
+    p.add_argument("--cluster", default="kmeans", choices=["kmeans", "agglomerative"],
+                   help="clustering by count, so every method keeps the same channels per group (default kmeans)")
+    p.add_argument("--steps", type=int, default=100, help="receptive-field ascent steps")
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--fields-from", default="color", choices=["color", "current"])
+    p.add_argument("--epochs", type=int, default=1, help="epochs of trained repairs that name none (default 1)")
+    p.add_argument("--repair-batch-size", type=int, default=32)
+    p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class (default all)")
+    p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="sweep folder (created; an existing sweep folder is resumed)")
+    p.add_argument("--report-only", action="store_true", help="only rewrite tables and plots from the folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    import torch
+
+    from ..data import load_dataset
+    from ..pipeline import CompressConfig, RepairConfig
+    from ..pipeline.spec import split_list
+    from ..sweep import Sweep, SweepConfig, write_tables
+    from .common import device
+
+    out = Path(args.out)
+    if args.report_only:
+        records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+        for path in write_tables(records, out, title=json.loads((out / "sweep.json").read_text())["dataset"]):
+            print(path)
+        return 0
+    if not (out / "sweep.json").is_file():  # a new sweep: an empty folder, not an input's
+        check_out_dir(out, [args.weights], force=False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    model, _, normalize, _ = resolve_model(args)
+    train_set = load_dataset(args.dataset, "train", args.data_dir)
+    test_set = load_dataset(args.dataset, "test", args.data_dir)
+    if args.display_name:
+        for data in (train_set, test_set):
+            data.extra["display_name"] = args.display_name
+    if args.calib_limit:
+        train_set = train_set.stratified_subset(args.calib_limit, seed=args.seed)
+    if args.test_limit:
+        test_set = test_set.stratified_subset(args.test_limit, seed=args.seed)
+    by, targets = ("macs", args.target_macs) if args.target_macs else ("params", args.target_params)
+    merge = CompressConfig(metric=args.metric, cluster_method=args.cluster,
+                           repair_config=RepairConfig(epochs=args.epochs, batch_size=args.repair_batch_size),
+                           fields={"steps": args.steps, "restarts": args.restarts}, fields_from=args.fields_from,
+                           seed=args.seed, batch_size=args.batch_size, device=str(device(args.device)),
+                           progress=not args.quiet)
+    config = SweepConfig(targets=[float(t) for t in split_list(targets)], by=by, methods=split_list(args.methods),
+                         repairs=split_list(args.repairs), skip=split_list(args.skip),
+                         scratch_epochs=args.scratch_epochs, merge=merge)
+    sweep = Sweep(model, normalize, train_set, test_set, out, config, log=log)
+    records = sweep.run()
+    paths = write_tables(records, out, title=test_set.extra.get("display_name", test_set.name))
+    print((out / "results.md").read_text())
+    print(f"wrote {', '.join(p.name for p in paths)} in {out}")
+    return 0

@@ -1,0 +1,12 @@
+"""Budgets x methods x repairs on one model and one data set: a resumable table and Pareto plots.
+
+    >>> from achroma.sweep import Sweep, SweepConfig
+    >>> sweep = Sweep(model, "cifar", train_set, test_set, "runs/sweep",
+    ...               SweepConfig(targets=[0.5, 0.3], methods=["fields", "l1"], repairs=["none", "ls-refit"]))
+    >>> records = sweep.run()          # a killed run, started again, skips every finished point
+"""
+from .run import Sweep, SweepConfig
+from .store import PointKey, ResultStore
+from .tables import render_markdown, write_tables
+
+__all__ = ["PointKey", "ResultStore", "Sweep", "SweepConfig", "render_markdown", "write_tables"]

@@ -1,0 +1,198 @@
+"""`Sweep`: every (budget, method, repair) point of one model on one data set, resumable.
+
+The model is folded once. For each budget and method the merged model is built once (the same
+group sizes for every method, from `plan_budget`, so parameters and MACs match exactly) and kept
+in `models/`; each repair then starts from it. The uncompressed folded model gets every repair
+too (target 1.0, method 'uncompressed'): the row each merged point is judged against. With
+`scratch_epochs`, each budget's compressed architecture is also trained from scratch on gray
+(method 'scratch', repair 'train:E'). Points already in the store are skipped.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..data import ImageDataset, get_normalization
+from ..fold import GRAY_NORMALIZATION, fold_to_gray
+from ..io import load_checkpoint, save_checkpoint
+from ..pipeline import CompressConfig, MergeContext, merge_network, plan_layers, repair_model
+from ..pipeline.budget import plan_budget
+from ..pipeline.spec import check_repairs
+from ..progress import progress
+from ..report import count_macs
+from ..report.table import stage_seconds
+from ..training import TrainConfig, count_parameters, evaluate, train
+from .store import PointKey, ResultStore
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SweepConfig:
+    """What to sweep. targets: shares of `by` ('macs' or 'params') kept. methods: selections of
+    `CompressConfig` ('fields', 'l1', 'random', ...). repairs: as `compress` takes them. merge: how
+    each layer is compared and clustered (metric, cluster method, fields, seed, repair budgets);
+    its layers/keep/eps/selection/repair are set by the sweep. cluster_method must give exact
+    cluster counts (kmeans or agglomerative), so every method keeps the same number of channels."""
+
+    targets: Sequence[float]
+    by: str = "macs"
+    methods: Sequence[str] = ("fields", "l1", "random")
+    repairs: Sequence[str] = ("none", "ls-refit", "bn-train")
+    skip: Sequence[str] = ()
+    scratch_epochs: int | None = None
+    merge: CompressConfig = field(default_factory=lambda: CompressConfig(cluster_method="kmeans"))
+
+    def __post_init__(self) -> None:
+        self.repairs = check_repairs(list(self.repairs))
+        if self.by not in ("macs", "params"):
+            raise ValueError(f"by must be 'macs' or 'params'; got {self.by!r}")
+        bad = [t for t in self.targets if not 0 < float(t) < 1]
+        if bad:
+            raise ValueError(f"targets are shares kept, strictly between 0 and 1; got {bad[0]}")
+        if self.merge.cluster_method == "dbscan":
+            raise ValueError("a sweep needs exact cluster counts: use cluster_method 'kmeans' or 'agglomerative'")
+        for method in self.methods:
+            CompressConfig(selection=method)  # checks the name
+        if self.scratch_epochs is not None and self.scratch_epochs < 1:
+            raise ValueError("scratch_epochs must be a positive number of epochs")
+
+    def settings(self) -> dict[str, Any]:
+        """What every point depends on (the lists of points may grow between runs; these may not)."""
+        merge = self.merge.to_dict()
+        for k in ("layers", "keep", "eps", "selection", "repair", "progress", "batch_size", "device"):
+            merge.pop(k)
+        return {"by": self.by, "skip": list(self.skip), "scratch_epochs": self.scratch_epochs, "merge": merge}
+
+
+class Sweep:
+    """Built once with the model, data and folder; `run()` computes the missing points and returns all."""
+
+    def __init__(self, model: nn.Module, normalization: Any, train_set: ImageDataset, test_set: ImageDataset,
+                 out_dir: str | Path, config: SweepConfig, log: Log | None = print) -> None:
+        self.color = copy.deepcopy(model).eval()
+        self.norm = get_normalization(normalization)
+        self.train_set, self.test_set, self.config = train_set, test_set, config
+        self.size = int(test_set.images.shape[-1])
+        self.device = torch.device(config.merge.device)
+        self.out = Path(out_dir)
+        self.log = log or (lambda msg: None)
+        settings = {**config.settings(), "model": (getattr(model, "achroma_arch", None) or {}).get("name"),
+                    "dataset": test_set.extra.get("display_name", test_set.name), "test_images": len(test_set),
+                    "calibration_images": len(train_set)}
+        self.store = ResultStore(self.out, settings)
+        self._gray: nn.Module | None = None
+
+    def keys(self) -> list[PointKey]:
+        """Every point, in the order they are computed."""
+        c = self.config
+        keys = [PointKey(1.0, "uncompressed", r) for r in c.repairs]
+        for target in c.targets:
+            keys += [PointKey(float(target), m, r) for m in c.methods for r in c.repairs]
+            if c.scratch_epochs:
+                keys.append(PointKey(float(target), "scratch", f"train:{c.scratch_epochs}"))
+        return keys
+
+    def run(self) -> list[dict[str, Any]]:
+        todo = [k for k in self.keys() if not self.store.done(k)]
+        self.log(f"sweep in {self.out}: {len(self.keys()) - len(todo)} points done, {len(todo)} to compute")
+        bar = progress(total=len(todo), desc="sweep", enabled=self.config.merge.progress)
+        for key in todo:
+            bar.set_postfix(point=key.id())
+            self._compute(key)
+            bar.update(1)
+        bar.close()
+        return [self.store.records[k.id()] for k in self.keys()]
+
+    # -- one point ---------------------------------------------------------------------------------------
+
+    def _compute(self, key: PointKey) -> None:
+        t = time.perf_counter()
+        if key.method == "scratch":
+            model, info = self._scratch(key.target)
+            seconds = {"train": time.perf_counter() - t}
+        else:
+            base, info = self._model(key.target, key.method)
+            seconds = dict(info.get("seconds", {}))
+            t = time.perf_counter()
+            model = base if key.repair == "none" else repair_model(
+                base, key.repair, self.train_set, self.config.merge.repair_config, seed=self.config.merge.seed,
+                device=self.device, teacher=self.color, teacher_normalize=self.norm, reference=self.gray,
+                merges={ly["layer"]: (ly["labels"], ly["representatives"]) for ly in info.get("layers", [])}).eval()
+            seconds["repair"] = time.perf_counter() - t
+        t = time.perf_counter()
+        score = evaluate(model, self.test_set, mode="gray", normalize=GRAY_NORMALIZATION,
+                         batch_size=self.config.merge.batch_size, device=self.device, progress=False)
+        seconds["evaluate"] = time.perf_counter() - t
+        record = self.store.add(key, {"accuracy": score["accuracy"], "loss": score["loss"], "n": score["n"],
+                                      "params": count_parameters(model), "macs": info["macs"],
+                                      "widths": info.get("widths"), "seconds": seconds})
+        self.log(f"{key.id()}: accuracy {record['accuracy']:.4f}, {record['params']:,} parameters, "
+                 f"{record['macs'] / 1e6:.2f} MMACs")
+
+    @property
+    def gray(self) -> nn.Module:
+        """The folded gray model (exact border), made once."""
+        if self._gray is None:
+            probe = torch.rand(2, 1, self.size, self.size, generator=torch.Generator().manual_seed(0))
+            gray, _ = fold_to_gray(self.color, self.norm, border=self.config.merge.border,
+                                   example_input=probe.to(self.device))
+            self._gray = gray.to(self.device).eval()
+        return self._gray
+
+    def _model_path(self, target: float, method: str) -> Path:
+        return self.out / "models" / f"{self.config.by}-{target:g}-{method}.safetensors"
+
+    def _model(self, target: float, method: str) -> tuple[nn.Module, dict[str, Any]]:
+        """The unrepaired model of a point: the folded one, or merged for (target, method), built once."""
+        if method == "uncompressed":
+            return self.gray, {"macs": count_macs(self.gray, (1, self.size, self.size)), "seconds": {}}
+        path = self._model_path(target, method)
+        if path.is_file() and path.with_suffix(".json").is_file():
+            model, meta = load_checkpoint(path, map_location=self.device)
+            return model.eval(), meta["sweep"]
+        merged, info = self._merge(target, method)
+        save_checkpoint(path, merged, {"normalization": GRAY_NORMALIZATION.to_dict(), "mode": "gray",
+                                       "sweep": info})
+        return merged, info
+
+    def _merge(self, target: float, method: str) -> tuple[nn.Module, dict[str, Any]]:
+        c = self.config
+        plan = plan_budget(self.color, self.norm, target, c.by, skip=c.skip, size=self.size)
+        merge = CompressConfig(**{**asdict(c.merge), "repair_config": c.merge.repair_config, "layers": plan.layers,
+                                  "keep": plan.keep, "eps": None, "selection": method, "repair": "none",
+                                  "progress": False})
+        plans = plan_layers(self.color, self.norm, self.size, merge)
+        timings: dict[str, float] = {}
+        context = MergeContext(self.color, self.norm, self.size,
+                               torch.zeros(1, 1, self.size, self.size, device=self.device), self.device,
+                               self.train_set)
+        self.log(f"merging for {c.by} {target:g} by {method}: {len(plans)} groups")
+        merged, layers = merge_network(self.gray, plans, merge, context, timings)
+        info = {"macs": count_macs(merged, (1, self.size, self.size)), "widths": plan.widths,
+                "predicted": plan.predicted, "seconds": stage_seconds(timings),
+                "layers": [ly.summary() for ly in layers]}
+        return merged.eval(), info
+
+    def _scratch(self, target: float) -> tuple[nn.Module, dict[str, Any]]:
+        """The compressed architecture (that of the first method's merged model) re-initialized and trained
+        on gray images with labels for `scratch_epochs`, the training recipe of `achroma train`."""
+        base, info = self._model(target, self.config.methods[0])
+        model = copy.deepcopy(base)
+        torch.manual_seed(self.config.merge.seed)
+        for m in model.modules():
+            if hasattr(m, "reset_parameters") and m is not model:
+                m.reset_parameters()
+            if hasattr(m, "border_kernel"):  # the fold's border term: a plain conv on raw gray from scratch
+                with torch.no_grad():
+                    m.border_kernel.zero_()
+        cfg = TrainConfig(epochs=int(self.config.scratch_epochs), mode="gray", normalize="none",
+                          seed=self.config.merge.seed, device=str(self.device))
+        train(model, self.train_set, cfg, resume=False)
+        return model.eval(), {"macs": info["macs"], "widths": info.get("widths")}
