@@ -3,6 +3,7 @@
     >>> merged = merge_channels(model, "stem", clustering, torch.rand(1, 1, 32, 32))
     >>> save_checkpoint("merged", merged, {**meta, "surgery": True})
 
+`prune_channels(model, layer, keep, x)` removes the other channels with no fold (pruning).
 Layers whose channels reach a grouped conv or a channel split merge only clusterings that
 `channel_constraints(model, layer, x)` allows (`.blocks()`, equal removals per block).
 """
@@ -11,8 +12,10 @@ from .graph import (ChannelConstraints, ChannelUse, Partition, channel_constrain
 from .layers import ChannelMapShortcut, ChannelShuffle, convert_shortcuts, convert_shuffles
 from .merge import cluster_groups, merge_channels
 from .overlap import check_disjoint_groups
+from .prune import prune_channels, pruning_clustering
 from .reshape import resize_to_state_dict
 
 __all__ = ["ChannelConstraints", "ChannelMapShortcut", "ChannelShuffle", "ChannelUse", "Partition",
            "channel_constraints", "check_disjoint_groups", "cluster_groups", "conv_paths", "convert_shortcuts",
-           "convert_shuffles", "merge_channels", "resize_to_state_dict", "trace_channel_group", "trace_channel_uses"]
+           "convert_shuffles", "merge_channels", "prune_channels", "pruning_clustering", "resize_to_state_dict",
+           "trace_channel_group", "trace_channel_uses"]

@@ -53,16 +53,18 @@ class ChannelUse:
 conv_paths = conv_layer_names  # every Conv2d's path, in definition order (one definition: models.inspect)
 
 
-def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
+def build_graph(model: nn.Module, example_input: Any, pruners: dict | None = None) -> tp.DependencyGraph:
     """Trace `model` (whose option-A shortcuts must already be converted) into a dependency graph.
 
-    Torch-Pruning leaves the traced model in eval mode; the train/eval flags are put back.
+    `pruners`: Torch-Pruning pruners by layer type (default: `customized_pruners()`). Torch-Pruning
+    leaves the traced model in eval mode; the train/eval flags are put back.
     """
     flags = {m: m.training for m in model.modules()}
+    pruners = customized_pruners() if pruners is None else pruners
     try:
         with torch.enable_grad(), dense_shortcuts():
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input, customized_pruners=customized_pruners(), verbose=False)
+                model, example_inputs=example_input, customized_pruners=pruners, verbose=False)
     finally:
         for m, flag in flags.items():
             m.training = flag

@@ -165,13 +165,17 @@ def merge_channels(
     layer_path: str,
     clustering: Clustering | Sequence[int] | np.ndarray,
     example_input: Any,
+    *,
+    fold: bool = True,
 ) -> nn.Module:
     """A new model in which each cluster of `layer_path`'s output channels is one channel.
 
     `clustering` labels the conv's output channels (a Clustering, or labels with -1 for outliers);
     `example_input` is a batch the model accepts (small is fine) for tracing. The input model is
-    not modified. Raises ValueError for an unknown layer path, a label count that differs from the
-    channel count, a single cluster, or layers in the group that cannot be merged.
+    not modified. fold=False skips the fold: the representatives are kept as they are and the
+    other members are only removed (plain pruning, see `prune.prune_channels`). Raises ValueError
+    for an unknown layer path, a label count that differs from the channel count, a single
+    cluster, or layers in the group that cannot be merged.
     """
     resolve_conv(model, layer_path)
     work = prepare_for_surgery(copy.deepcopy(model))
@@ -185,13 +189,14 @@ def merge_channels(
     modules = dict(work.named_modules())
     for use in uses:  # errors (a cluster cut by a split) before anything changes
         _visible(use, groups)
-    scales, reads = channel_scales(dg, uses, modules)
-    for use in uses:
-        scale = scales.get(use.path) or scales.get(reads.get(use.path, ""))
-        if use.role == "consumer" and is_grouped(modules[use.path]):
-            _fold_grouped_consumer(modules[use.path], use, groups, scale)
-        else:
-            _fold_use(modules[use.path], use, groups, scale)
+    if fold:
+        scales, reads = channel_scales(dg, uses, modules)
+        for use in uses:
+            scale = scales.get(use.path) or scales.get(reads.get(use.path, ""))
+            if use.role == "consumer" and is_grouped(modules[use.path]):
+                _fold_grouped_consumer(modules[use.path], use, groups, scale)
+            else:
+                _fold_use(modules[use.path], use, groups, scale)
     removed = sorted(m for rep, members in groups for m in members if m != rep)
     if removed:
         grouped = _grouped_consumer_weights(modules, uses, removed)

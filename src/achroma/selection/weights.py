@@ -1,0 +1,28 @@
+"""Euclidean distances between raw filter weights, so that k-means by count is k-means on the weights.
+
+Son et al. (ECCV 2018, "Clustering convolutional kernels to compress deep neural networks") cluster
+2-D kernels and share a centroid per cluster. Here whole filters are clustered (each output channel's
+weights flattened, (in/groups) * k * k values), because the merge acts on whole output channels.
+`KMeansClustering` embeds a distance matrix by classical MDS, which is exact for a Euclidean matrix:
+on this matrix it is plain k-means on the flattened filters (up to k-means' own initialisation).
+Bias, BN and the folded conv's border correction are not part of the weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.spatial.distance import pdist, squareform
+from torch import nn
+
+from ._common import Paths, writer_convs
+
+
+def filter_weights(model: nn.Module, path: Paths) -> np.ndarray:
+    """(N, D) float64: row c is filter c's flattened weights (all writers' filters c, concatenated)."""
+    rows = [conv.weight.detach().to("cpu", torch.float64).flatten(1).numpy() for _p, conv in writer_convs(model, path)]
+    return np.concatenate(rows, axis=1)
+
+
+def weight_distances(model: nn.Module, path: Paths) -> np.ndarray:
+    """N x N Euclidean distances between `path`'s flattened filters (writers concatenated, when a list)."""
+    return squareform(pdist(filter_weights(model, path), "euclidean"))
