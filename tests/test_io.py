@@ -51,3 +51,16 @@ def test_metadata_records_the_architecture(tmp_path):
     save_checkpoint(tmp_path / "m", create_model("seed-densenet", in_chans=1, stem_channels=20))
     arch = json.loads((tmp_path / "m.json").read_text())["arch"]
     assert arch == {"name": "seed-densenet", "in_chans": 1, "num_classes": 10, "stem_channels": 20}
+
+
+def test_checkpoint_names_with_dots_keep_every_dot(tmp_path):
+    from achroma.io import checkpoint_paths, load_checkpoint, save_checkpoint
+    from achroma.models import create_model
+
+    w, j = checkpoint_paths(tmp_path / "macs-0.5-fields.safetensors")
+    assert (w.name, j.name) == ("macs-0.5-fields.safetensors", "macs-0.5-fields.json")
+    assert checkpoint_paths(tmp_path / "macs-0.5-fields") == (w, j)
+    model = create_model("resnet-cifar-20")
+    save_checkpoint(tmp_path / "macs-0.3-l1", model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["macs-0.3-l1.json", "macs-0.3-l1.safetensors"]
+    load_checkpoint(tmp_path / "macs-0.3-l1.safetensors")

@@ -27,13 +27,13 @@ def _data(n: int, seed: int, split: str) -> ImageDataset:
 
 def _model():
     torch.manual_seed(0)
-    return create_model("resnet-cifar-20").eval()
+    return create_model("seed-densenet-tiny").eval()
 
 
 def _config(**kw) -> SweepConfig:
     merge = CompressConfig(cluster_method="kmeans", fields={"steps": 2}, progress=False,
                            repair_config=RepairConfig(batch_size=16, refit_images=20))
-    return SweepConfig(**{"targets": [0.5], "methods": ["fields"], "repairs": ["none", "ls-refit"],
+    return SweepConfig(**{"targets": [0.5], "methods": ["fields", "random"], "repairs": ["none", "ls-refit"],
                           "merge": merge, **kw})
 
 

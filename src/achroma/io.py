@@ -37,7 +37,8 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     if path.suffix in (".safetensors", ".json"):
         path = path.with_suffix("")
-    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+    # appended, not with_suffix: a name with dots ('macs-0.5-fields') keeps all of them
+    return path.parent / f"{path.name}.safetensors", path.parent / f"{path.name}.json"
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:

@@ -27,6 +27,9 @@ from .config import CompressConfig, LayerPlan
 from .spec import check_cluster_setting, check_metric, per_layer, resolve_layers
 
 
+CALIBRATION_IMAGES = 500  # images whose activations the 'activations' selection correlates
+
+
 @dataclass
 class LayerResult:
     """What compressing one layer did: its clustering, and the fields and distances it came from."""
@@ -229,7 +232,52 @@ def _select(current: nn.Module, plan: LayerPlan, config: CompressConfig, context
 
 def _baseline_distances(current: nn.Module, plan: LayerPlan, config: CompressConfig,
                         context: MergeContext) -> np.ndarray:
-    raise ValueError(f"selection {config.selection!r} is not available yet")
+    """Distances of a baseline selection ('kernels', 'weights', 'activations') over the group's writers."""
+    from ..data import BatchLoader
+    from ..selection import selection_distances
+    from ..surgery.groups import channel_groups
+
+    writers = next((g.writers for g in channel_groups(current, context.example) if plan.path in g.writers),
+                   [plan.path])
+    batches = None
+    if config.selection == "activations":
+        if context.calibration is None:
+            raise ValueError("selection 'activations' needs calibration images")
+        calib = context.calibration
+        per_class = max(1, CALIBRATION_IMAGES // max(1, len(calib.classes)))
+        if len(calib) > CALIBRATION_IMAGES:
+            calib = calib.stratified_subset(per_class, seed=config.seed)
+        batches = BatchLoader(calib, batch_size=100, mode="gray", normalize=GRAY_NORMALIZATION,
+                              device=context.device)
+    kw = {"r": config.imed_r} if plan.metric == "imed" else {}
+    return selection_distances(config.selection, current, writers, metric=plan.metric or "mse", batches=batches,
+                               **kw)
+
+
+def _select_without_distances(current: nn.Module, plan: LayerPlan, config: CompressConfig,
+                              context: MergeContext, timings: dict[str, float]) -> tuple[nn.Module, Clustering]:
+    """'random' (random clusters, merged) and 'l1' (Torch-Pruning's L1 importance, pruned): the merged model."""
+    from ..selection import magnitude_keep, random_clustering, require_free
+    from ..surgery.prune import prune_channels, pruning_clustering
+
+    n = resolve_conv(current, plan.path).out_channels
+    k = keep_target(n, plan.keep)
+    t = time.perf_counter()
+    if config.selection == "random":
+        require_free(current, plan.path, context.example, "random")
+        clustering = random_clustering(n, k, config.seed, layer=plan.path)
+        timings[f"clustering {plan.path}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        merged = merge_channels(current, plan.path, clustering, context.example)
+    else:
+        keep = magnitude_keep(current, plan.path, k, context.example)
+        clustering = pruning_clustering(keep, n, layer=plan.path)
+        timings[f"clustering {plan.path}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        merged = prune_channels(current, plan.path, keep, context.example)
+    timings[f"merge {plan.path}"] = time.perf_counter() - t
+    clustering.params.update(selection=config.selection, keep=plan.keep)
+    return merged.to(context.device).eval(), clustering
 
 
 def merge_layer(current: nn.Module, plan: LayerPlan, config: CompressConfig, context: MergeContext,
@@ -243,12 +291,16 @@ def merge_layer(current: nn.Module, plan: LayerPlan, config: CompressConfig, con
         given = plan.clustering
         clustering, source, method, metric, used_eps, keep = (given, "given", given.method, None,
                                                               given.params.get("eps"), None)
+    elif config.selection in ("random", "l1"):
+        source, method, metric, keep, used_eps = "computed", config.selection, None, plan.keep, None
+        merged, clustering = _select_without_distances(current, plan, config, context, timings)
     else:
         source, method, metric, keep = "computed", config.cluster_method, plan.metric, plan.keep
         clustering, used_eps, rf, dist = _select(current, plan, config, context, timings)
-    t = time.perf_counter()
-    merged = merge_channels(current, path, clustering, context.example).to(context.device).eval()
-    timings[f"merge {path}"] = time.perf_counter() - t
+    if config.selection not in ("random", "l1") or plan.clustering is not None:
+        t = time.perf_counter()
+        merged = merge_channels(current, path, clustering, context.example).to(context.device).eval()
+        timings[f"merge {path}"] = time.perf_counter() - t
     after = resolve_conv(merged, path).out_channels
     return merged, LayerResult(path, metric, method, used_eps, keep, before, after, params_before,
                                count_parameters(merged), clustering, rf, dist, source)

@@ -136,6 +136,9 @@ def merged_producers(model: nn.Module, reference: nn.Module, merges: Merges, exa
                 continue
             if m.out_channels != len(members) or reference.get_submodule(path).out_channels != len(labels):
                 continue
+            bn, ref_bn = model.get_submodule(readers[path]), reference.get_submodule(readers[path])
+            if bn.num_features != len(members) or ref_bn.num_features != len(labels):
+                continue  # the BN reads more than this conv's output (e.g. a concat): no per-channel target
             out[path] = _ProducerTarget(readers[path], members)
     return out
 
@@ -143,17 +146,18 @@ def merged_producers(model: nn.Module, reference: nn.Module, merges: Merges, exa
 @torch.no_grad()
 def _bn_readers(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     """conv path -> path of the BatchNorm2d that takes that conv's output tensor as its input."""
-    outputs: dict[int, str] = {}
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # the tensors are kept alive, so no id is reused
     found: dict[str, str] = {}
     handles = []
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(lambda _m, _i, o, name=name: outputs.__setitem__(id(o), name)))
+            handles.append(m.register_forward_hook(
+                lambda _m, _i, o, name=name: outputs.__setitem__(id(o), (name, o))))
         elif isinstance(m, nn.BatchNorm2d):
             def pre(_m: nn.Module, inputs: tuple, name: str = name) -> None:
                 conv = outputs.get(id(inputs[0]))
-                if conv is not None:
-                    found[conv] = name
+                if conv is not None and conv[1] is inputs[0]:
+                    found[conv[0]] = name
             handles.append(m.register_forward_pre_hook(pre))
     try:
         model.eval()(example)
