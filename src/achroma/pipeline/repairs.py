@@ -130,7 +130,8 @@ def _finetune(out: nn.Module, kind: str, train_set: ImageDataset, config: Repair
     """All weights trained on the labels (finetune-kd: plus the color model's softened logits)."""
     from ..training import train
 
-    train_config = TrainConfig(epochs=config.epochs, batch_size=config.finetune_batch_size, lr=config.finetune_lr,
+    batch = min(config.finetune_batch_size, len(train_set))  # a small repair set still gets a step per epoch
+    train_config = TrainConfig(epochs=config.epochs, batch_size=batch, lr=config.finetune_lr,
                                momentum=0.9, weight_decay=config.finetune_weight_decay, schedule="cosine",
                                mode="gray", normalize="none", augment=True, seed=seed, device=str(device))
     if kind == "finetune":

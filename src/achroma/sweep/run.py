@@ -192,7 +192,8 @@ class Sweep:
             if hasattr(m, "border_kernel"):  # the fold's border term: a plain conv on raw gray from scratch
                 with torch.no_grad():
                     m.border_kernel.zero_()
-        cfg = TrainConfig(epochs=int(self.config.scratch_epochs), mode="gray", normalize="none",
+        cfg = TrainConfig(epochs=int(self.config.scratch_epochs), batch_size=min(128, len(self.train_set)),
+                          mode="gray", normalize="none",
                           seed=self.config.merge.seed, device=str(self.device))
         train(model, self.train_set, cfg, resume=False)
         return model.eval(), {"macs": info["macs"], "widths": info.get("widths")}

@@ -128,6 +128,9 @@ def train(
                          shuffle=True, augment=config.augment, drop_last=True, device=device,
                          seed=config.seed, rank=info.rank, world_size=info.world_size)
     steps = len(loader)
+    if steps == 0:
+        raise ValueError(f"{len(train_set)} training images make no full batch of {config.batch_size}: "
+                         "lower the batch size")
     amp = config.amp and cuda
     for epoch in range(start_epoch, config.epochs):
         loader.set_epoch(epoch)
