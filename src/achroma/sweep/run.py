@@ -151,7 +151,10 @@ class Sweep:
 
     def _model(self, target: float, method: str) -> tuple[nn.Module, dict[str, Any]]:
         """The unrepaired model of a point: the folded one, or merged for (target, method), built once."""
-        if method == "uncompressed":
+        if method == "uncompressed":  # saved too, so that `achroma bench` can time it beside the merged ones
+            path = self.out / "models" / "uncompressed.safetensors"
+            if not path.is_file():
+                save_checkpoint(path, self.gray, {"normalization": GRAY_NORMALIZATION.to_dict(), "mode": "gray"})
             return self.gray, {"macs": count_macs(self.gray, (1, self.size, self.size)), "seconds": {}}
         path = self._model_path(target, method)
         if path.is_file() and path.with_suffix(".json").is_file():
