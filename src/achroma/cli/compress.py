@@ -29,6 +29,10 @@ def register(sub) -> None:
                    help="whole-network budget: the share of the folded model's MACs to keep (e.g. 0.5); every group "
                         "keeps the same share")
     p.add_argument("--target-params", type=float, default=None, help="the same for the parameters")
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
+                   help="with a target: the same share kept in every group, or shares by each group's sensitivity")
+    p.add_argument("--between", default="none", choices=["none", "ls-refit", "bn-stats"],
+                   help="repair after each layer's merge (group by group) instead of only at the end")
     p.add_argument("--skip", default=None, help="with a target: groups to leave whole, named by a conv that writes "
                    "them (e.g. conv1 for a ResNet's first residual stream)")
     p.add_argument("--metric", default="mse", help="mse | ssim | cosine | brightness | imed; one, or one per layer "
@@ -102,7 +106,7 @@ def _load_clusterings(spec: str | None, paths: list[str]) -> dict:
     return out
 
 
-def _budget(args, model, normalize, size: int):
+def _budget(args, model, normalize, size: int, train_set):
     """The plan for --target-macs / --target-params (None without one); the layers and keep it sets."""
     targets = [(by, v) for by, v in (("macs", args.target_macs), ("params", args.target_params)) if v is not None]
     if not targets:
@@ -111,6 +115,8 @@ def _budget(args, model, normalize, size: int):
         return None
     if len(targets) > 1:
         raise ValueError("give one of --target-macs and --target-params")
+    import torch
+
     if args.keep is not None or args.eps is not None:
         raise ValueError("a target sets the share each group keeps: give no --keep or --eps with it")
     if args.layers not in ("all", None):
@@ -119,7 +125,14 @@ def _budget(args, model, normalize, size: int):
     from ..pipeline.spec import split_list
 
     by, target = targets[0]
-    return plan_budget(model, normalize, target, by, skip=split_list(args.skip), size=size)
+    calibration = None
+    if args.allocation == "sensitivity":
+        from ..data import BatchLoader
+
+        images = train_set.stratified_subset(max(1, 256 // train_set.num_classes), seed=args.seed)
+        calibration = torch.cat([x for x, _ in BatchLoader(images, 256, mode="gray", normalize="none")])
+    return plan_budget(model, normalize, target, by, skip=split_list(args.skip), size=size,
+                       allocation=args.allocation, calibration=calibration)
 
 
 def run(args) -> int:
@@ -144,7 +157,7 @@ def run(args) -> int:
     train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
     test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
     size = int(test_set.images.shape[-1])
-    budget = _budget(args, model, normalize, size)
+    budget = _budget(args, model, normalize, size, train_set)
     if budget is not None and not budget.layers:
         raise ValueError(f"the folded model already keeps {budget.full['macs']:,.0f} MACs and "
                          f"{budget.full['params']:,.0f} parameters, within the target: nothing to merge")
@@ -173,7 +186,7 @@ def run(args) -> int:
     settings = CompressConfig(layers=paths, metric=args.metric, cluster_method=args.cluster, eps=args.eps,
                               keep=args.keep, selection=args.selection, repair=repairs, repair_config=config,
                               fields={"steps": args.steps, "restarts": args.restarts}, fields_from=args.fields_from,
-                              imed_r=args.imed_r, min_samples=args.min_samples, seed=args.seed,
+                              between=args.between, imed_r=args.imed_r, min_samples=args.min_samples, seed=args.seed,
                               batch_size=args.batch_size, device=str(device(args.device)), progress=not args.quiet)
     result = compress(model, normalize, train_set, test_set, settings, clusterings=given, log=log)
     runs = max(1, args.latency_runs)

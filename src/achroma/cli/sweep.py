@@ -23,6 +23,11 @@ def register(sub) -> None:
     budget.add_argument("--target-macs", default=None, help="shares of the MACs kept, e.g. 0.8,0.5,0.3")
     budget.add_argument("--target-params", default=None, help="shares of the parameters kept")
     p.add_argument("--skip", default=None, help="groups to leave whole, named by a conv that writes them")
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
+                   help="how a budget is shared among groups: the same share everywhere, or by each group's "
+                        "sensitivity (KL when it alone loses half its channels)")
+    p.add_argument("--between", default="none", choices=["none", "ls-refit", "bn-stats"],
+                   help="repair after each group's merge (group by group) instead of only at the end")
     p.add_argument("--methods", default="fields,l1,random",
                    help=f"selections to compare at the same group sizes: {', '.join(SELECTIONS)}")
     p.add_argument("--repairs", default="none,ls-refit,bn-train", help="repairs as compress takes them, e.g. "
@@ -85,10 +90,10 @@ def run(args) -> int:
     merge = CompressConfig(metric=args.metric, cluster_method=args.cluster,
                            repair_config=RepairConfig(epochs=args.epochs, batch_size=args.repair_batch_size),
                            fields={"steps": args.steps, "restarts": args.restarts}, fields_from=args.fields_from,
-                           seed=args.seed, batch_size=args.batch_size, device=str(device(args.device)),
+                           between=args.between, seed=args.seed, batch_size=args.batch_size, device=str(device(args.device)),
                            progress=not args.quiet)
     config = SweepConfig(targets=[float(t) for t in split_list(targets)], by=by, methods=split_list(args.methods),
-                         repairs=split_list(args.repairs), skip=split_list(args.skip),
+                         repairs=split_list(args.repairs), skip=split_list(args.skip), allocation=args.allocation,
                          scratch_epochs=args.scratch_epochs, merge=merge)
     sweep = Sweep(model, normalize, train_set, test_set, out, config, log=log)
     records = sweep.run()

@@ -153,12 +153,15 @@ class BudgetPlan:
 
 
 def plan_budget(color_model: nn.Module, normalization, target: float, by: Target = "macs",
-                skip: Sequence[str] = (), size: int = 32) -> BudgetPlan:
+                skip: Sequence[str] = (), size: int = 32, allocation: str = "uniform",
+                calibration: torch.Tensor | None = None) -> BudgetPlan:
     """Widths for every channel group of the folded gray model so that `by` is at most `target` of
     the uncompressed gray model's, the same share kept in every group (uniform allocation).
 
     `skip` names groups to leave whole (by any conv that writes them, e.g. 'conv1' for a ResNet's
-    first stream). Returns the layers (group roots) and per-layer keep shares for `compress`.
+    first stream). allocation: 'uniform' (the same share everywhere) or 'sensitivity' (see
+    `allocation`; needs `calibration`, a raw gray image batch). Returns the layers (group roots) and
+    per-layer keep shares for `compress`.
     """
     from ..fold import fold_to_gray
     from ..surgery.groups import channel_groups
@@ -174,7 +177,18 @@ def plan_budget(color_model: nn.Module, normalization, target: float, by: Target
                          f"groups: {', '.join(g.root for g in groups)}")
     skipped = sorted({writers[s] for s in skip})
     cost = width_cost(gray, groups, (1, size, size))
-    widths = uniform_widths(cost, target, by, skip=skipped)
+    if allocation == "uniform":
+        widths = uniform_widths(cost, target, by, skip=skipped)
+    elif allocation == "sensitivity":
+        from .allocation import measure_sensitivity, sensitivity_widths
+
+        if calibration is None:
+            raise ValueError("the sensitivity allocation needs calibration images")
+        roots = [g for g in cost.channels if g not in skipped]
+        sens = measure_sensitivity(gray, roots, calibration.to(p.device, p.dtype))
+        widths = sensitivity_widths(cost, target, sens, by, skip=skipped)
+    else:
+        raise ValueError(f"unknown allocation {allocation!r}; choose uniform or sensitivity")
     layers = [g for g, n in widths.items() if n < cost.channels[g]]
     return BudgetPlan(layers, [widths[g] / cost.channels[g] for g in layers], widths, cost.cost(widths), cost.full,
                       skipped, refused)

@@ -32,6 +32,8 @@ class CompressConfig:
     fields: keyword arguments of `compute_receptive_fields` (steps, restarts, ...). fields_from:
     'color' computes each layer's fields in the color model and clusters their luma (the
     notebook's way, the better merge in docs/RESULTS.md), 'current' in the gray model as merged so far.
+    between: a repair run after each layer's merge, before the next layer is selected ('ls-refit':
+    group by group, each clustered in the model as repaired so far; 'none': all merged, then repaired).
     """
 
     layers: str | Sequence[str] = "first:1"
@@ -44,6 +46,7 @@ class CompressConfig:
     repair_config: RepairConfig = field(default_factory=RepairConfig)
     fields: dict[str, Any] = field(default_factory=dict)
     fields_from: str = "color"
+    between: str = "none"
     imed_r: float = 1.0
     min_samples: int = 1
     border: str = "exact"
@@ -55,6 +58,8 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if self.fields_from not in ("current", "color"):
             raise ValueError(f"fields_from must be 'current' or 'color'; got {self.fields_from!r}")
+        if self.between not in ("none", "ls-refit", "bn-stats"):
+            raise ValueError(f"between must be none, ls-refit or bn-stats; got {self.between!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}; choose from {', '.join(SELECTIONS)}")
 

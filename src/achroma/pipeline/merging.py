@@ -190,12 +190,29 @@ def merge_network(gray: nn.Module, plans: list[LayerPlan], config: CompressConfi
     for plan in plans:
         current, result = merge_layer(current, plan, config, context, timings)
         done.append(result)
+        if config.between != "none":  # group by group: repair before the next group is selected
+            current = _repair_between(current, gray, done, config, context, timings)
         if log is not None:
             how = f"eps {result.eps:.4g}" if result.eps is not None else f"{result.clustering.n_clusters} clusters"
             log(f"layer {plan.path}: {result.channels_before} -> {result.channels_after} filters "
                 f"({result.metric or result.method}, {result.method}, {how}); "
                 f"{result.params_before:,} -> {result.params_after:,} parameters")
     return current, done
+
+
+def _repair_between(current: nn.Module, gray: nn.Module, done: list[LayerResult], config: CompressConfig,
+                    context: MergeContext, timings: dict[str, float]) -> nn.Module:
+    """`config.between` on the model merged so far, against the uncompressed gray model."""
+    from .repairs import repair_model
+
+    if context.calibration is None:
+        raise ValueError(f"a {config.between} between merges needs calibration images")
+    t = time.perf_counter()
+    merges = {ly.layer: (ly.clustering.labels.tolist(), list(ly.clustering.representatives)) for ly in done}
+    fixed = repair_model(current, config.between, context.calibration, config.repair_config, seed=config.seed,
+                         device=context.device, reference=gray, merges=merges).eval()
+    timings[f"between {done[-1].layer}"] = time.perf_counter() - t
+    return fixed
 
 
 def _select(current: nn.Module, plan: LayerPlan, config: CompressConfig, context: MergeContext,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ..data import ImageDataset, get_normalization
+from ..data import BatchLoader, ImageDataset, get_normalization
 from ..fold import GRAY_NORMALIZATION, fold_to_gray
 from ..io import load_checkpoint, save_checkpoint
 from ..pipeline import CompressConfig, MergeContext, merge_network, plan_layers, repair_model
@@ -39,13 +39,16 @@ class SweepConfig:
     `CompressConfig` ('fields', 'l1', 'random', ...). repairs: as `compress` takes them. merge: how
     each layer is compared and clustered (metric, cluster method, fields, seed, repair budgets);
     its layers/keep/eps/selection/repair are set by the sweep. cluster_method must give exact
-    cluster counts (kmeans or agglomerative), so every method keeps the same number of channels."""
+    cluster counts (kmeans or agglomerative), so every method keeps the same number of channels.
+    allocation: how each budget is shared among groups ('uniform' or 'sensitivity', see
+    pipeline.allocation); every method of a sweep gets the same widths."""
 
     targets: Sequence[float]
     by: str = "macs"
     methods: Sequence[str] = ("fields", "l1", "random")
     repairs: Sequence[str] = ("none", "ls-refit", "bn-train")
     skip: Sequence[str] = ()
+    allocation: str = "uniform"
     scratch_epochs: int | None = None
     merge: CompressConfig = field(default_factory=lambda: CompressConfig(cluster_method="kmeans"))
 
@@ -68,7 +71,12 @@ class SweepConfig:
         merge = self.merge.to_dict()
         for k in ("layers", "keep", "eps", "selection", "repair", "progress", "batch_size", "device"):
             merge.pop(k)
-        return {"by": self.by, "skip": list(self.skip), "scratch_epochs": self.scratch_epochs, "merge": merge}
+        out = {"by": self.by, "skip": list(self.skip), "scratch_epochs": self.scratch_epochs, "merge": merge}
+        if self.allocation != "uniform":  # (older sweep folders predate the choice)
+            out["allocation"] = self.allocation
+        if merge.get("between") == "none":
+            merge.pop("between")
+        return out
 
 
 class Sweep:
@@ -167,7 +175,12 @@ class Sweep:
 
     def _merge(self, target: float, method: str) -> tuple[nn.Module, dict[str, Any]]:
         c = self.config
-        plan = plan_budget(self.color, self.norm, target, c.by, skip=c.skip, size=self.size)
+        calibration = None
+        if c.allocation == "sensitivity":
+            images = self.train_set.stratified_subset(max(1, 256 // self.train_set.num_classes), seed=c.merge.seed)
+            calibration = torch.cat([x for x, _ in BatchLoader(images, 256, mode="gray", normalize="none")])
+        plan = plan_budget(self.color, self.norm, target, c.by, skip=c.skip, size=self.size,
+                           allocation=c.allocation, calibration=calibration)
         merge = CompressConfig(**{**asdict(c.merge), "repair_config": c.merge.repair_config, "layers": plan.layers,
                                   "keep": plan.keep, "eps": None, "selection": method, "repair": "none",
                                   "progress": False})
