@@ -19,7 +19,7 @@ def register(sub) -> None:
     how.add_argument("--eps", type=float, help="threshold on the min-max-scaled distances "
                      "(dbscan eps; agglomerative distance_threshold)")
     how.add_argument("--keep", type=float, help="keep about this share of the filters (searched; e.g. 0.55)")
-    how.add_argument("--n-clusters", type=int, help="number of clusters (kmeans, agglomerative)")
+    how.add_argument("--n-clusters", type=int, help="number of clusters (kmeans, agglomerative, bounded)")
     p.add_argument("--min-samples", type=int, default=1, help="dbscan min_samples (default 1)")
     p.add_argument("--out", required=True, help="output folder (distances.npy, clustering.json, distances.png, "
                    "clusters.png)")
@@ -29,7 +29,7 @@ def register(sub) -> None:
 
 def _estimator(args):
     """The fitted-to-be estimator that the arguments ask for; ValueError for combinations that make no sense."""
-    from ..clustering import AgglomerativeClustering, DBSCANClustering, KMeansClustering
+    from ..clustering import AgglomerativeClustering, BoundedAgglomerativeClustering, DBSCANClustering, KMeansClustering
 
     if args.method == "dbscan":
         if args.n_clusters is not None:
@@ -39,6 +39,10 @@ def _estimator(args):
         if args.eps is not None:
             raise ValueError("kmeans takes --n-clusters or --keep, not --eps")
         return KMeansClustering(n_clusters=args.n_clusters)
+    if args.method == "bounded":
+        if args.eps is not None:
+            raise ValueError("bounded takes --n-clusters or --keep, not --eps")
+        return BoundedAgglomerativeClustering(n_clusters=args.n_clusters)
     if args.eps is not None:
         return AgglomerativeClustering(distance_threshold=args.eps)
     return AgglomerativeClustering(n_clusters=args.n_clusters)

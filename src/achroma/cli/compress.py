@@ -37,7 +37,8 @@ def register(sub) -> None:
                    "them (e.g. conv1 for a ResNet's first residual stream)")
     p.add_argument("--metric", default="mse", help="mse | ssim | cosine | brightness | imed; one, or one per layer "
                    "(e.g. mse,imed: the notebook's)")
-    p.add_argument("--cluster", default="dbscan", choices=["dbscan", "kmeans", "agglomerative"])
+    p.add_argument("--cluster", default="dbscan", choices=["dbscan", "kmeans", "agglomerative", "bounded"],
+                   help="bounded: average linkage with no cluster above ceil(N / kept), pairs when half or more stay")
     p.add_argument("--selection", default="fields", choices=list(SELECTIONS),
                    help="what filters are compared by: fields (receptive fields, the method; default) or a baseline "
                         "at the same group sizes: kernels, weights (k-means), activations, random, l1 (pruning)")

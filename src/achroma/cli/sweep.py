@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--scratch-epochs", type=int, default=None,
                    help="also train each budget's compressed architecture from scratch for this many epochs")
     p.add_argument("--metric", default="mse", help="distance between fields (and kernels)")
-    p.add_argument("--cluster", default="kmeans", choices=["kmeans", "agglomerative"],
+    p.add_argument("--cluster", default="kmeans", choices=["kmeans", "agglomerative", "bounded"],
                    help="clustering by count, so every method keeps the same channels per group (default kmeans)")
     p.add_argument("--steps", type=int, default=100, help="receptive-field ascent steps")
     p.add_argument("--restarts", type=int, default=1)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from ._matrix import check_distance_matrix, classical_mds, medoids, minmax_scale, relabel
-from .estimators import AgglomerativeClustering, DBSCANClustering, KMeansClustering
+from .estimators import AgglomerativeClustering, BoundedAgglomerativeClustering, DBSCANClustering, KMeansClustering
 from .result import Clustering
 from .search import METHODS, keep_target, search_keep
 
@@ -16,6 +16,7 @@ __all__ = [
     "DBSCANClustering",
     "KMeansClustering",
     "AgglomerativeClustering",
+    "BoundedAgglomerativeClustering",
     "search_keep",
     "keep_target",
     "METHODS",

@@ -159,3 +159,54 @@ class AgglomerativeClustering(_BaseClustering):
             linkage=self.linkage,
         )
         return model.fit(scaled).labels_
+
+
+class BoundedAgglomerativeClustering(_BaseClustering):
+    """Average-linkage agglomerative clustering to exactly `n_clusters`, no cluster above `max_size`.
+
+    Why: asked for a count, k-means and plain linkage on deep layers' fields chain many unrelated
+    filters into one cluster and leave the rest single (docs/RESULTS.md: 64 -> 45 filters became one
+    cluster of 20 and 44 singletons); averaging 20 unrelated filters destroys the layer. Here the
+    closest pair of clusters (average linkage, Lance-Williams update) is merged only while the
+    merged size stays within `max_size` (default: the smallest size that can reach the count,
+    ceil(N / n_clusters), and at least 2: pairs when at least half the filters stay). If no pair
+    fits before the count is reached, the bound is raised by one (recorded in `max_size_`).
+    """
+
+    method = "bounded"
+
+    def __init__(self, n_clusters: int, max_size: int | None = None) -> None:
+        self.n_clusters = n_clusters
+        self.max_size = max_size
+
+    def _labels(self, d: np.ndarray) -> np.ndarray:
+        n = d.shape[0]
+        k = int(self.n_clusters)
+        if not (1 <= k <= n):
+            raise ValueError(f"n_clusters must be in [1, {n}]; got {self.n_clusters}")
+        bound = max(2, -(-n // k)) if self.max_size is None else int(self.max_size)
+        if bound < 1:
+            raise ValueError(f"max_size must be >= 1; got {self.max_size}")
+        link = d.copy()
+        np.fill_diagonal(link, np.inf)
+        size = np.ones(n, dtype=np.int64)
+        owner = np.arange(n)  # cluster id (a surviving row of `link`) of each filter
+        alive = np.ones(n, dtype=bool)
+        for _ in range(n - k):
+            while True:
+                fits = (size[:, None] + size[None, :] <= bound) & alive[:, None] & alive[None, :]
+                masked = np.where(fits, link, np.inf)
+                flat = int(np.argmin(masked))
+                if np.isfinite(masked.flat[flat]):
+                    break
+                bound += 1  # no pair fits: the smallest relaxation that lets the count be reached
+            i, j = divmod(flat, n)
+            merged = (size[i] * link[i] + size[j] * link[j]) / (size[i] + size[j])  # average linkage
+            link[i], link[:, i] = merged, merged
+            link[i, i] = np.inf
+            link[j], link[:, j] = np.inf, np.inf
+            size[i] += size[j]
+            alive[j] = False
+            owner[owner == j] = i
+        self.max_size_ = bound
+        return owner

@@ -6,9 +6,10 @@ from typing import Any
 import numpy as np
 
 from ._matrix import apply_scale, check_distance_matrix
-from .estimators import AgglomerativeClustering, DBSCANClustering, KMeansClustering, _BaseClustering
+from .estimators import (AgglomerativeClustering, BoundedAgglomerativeClustering, DBSCANClustering,
+                         KMeansClustering, _BaseClustering)
 
-METHODS = ("dbscan", "kmeans", "agglomerative")
+METHODS = ("dbscan", "kmeans", "agglomerative", "bounded")
 
 
 def keep_target(n: int, keep: float) -> int:
@@ -68,9 +69,10 @@ def search_keep(
     dbscan: bisection over the sorted distinct scaled distances for the eps whose cluster count
     is nearest the target (ties go to keeping more); the eps is in `eps_`. The count changes one
     merge at a time when distances are distinct, so it lands within one filter; exact ties can
-    force bigger steps. kmeans / agglomerative: n_clusters is the target itself.
+    force bigger steps. kmeans / agglomerative / bounded: n_clusters is the target itself.
     The target is stored in `target_`. Extra keywords go to the estimator
-    (dbscan: min_samples, scale; kmeans: n_init, random_state; agglomerative: linkage, scale).
+    (dbscan: min_samples, scale; kmeans: n_init, random_state; agglomerative: linkage, scale;
+    bounded: max_size).
     """
     d = check_distance_matrix(distance_matrix)
     target = keep_target(d.shape[0], keep)
@@ -82,6 +84,8 @@ def search_keep(
         est = KMeansClustering(n_clusters=target, **kw).fit(d)
     elif method == "agglomerative":
         est = AgglomerativeClustering(n_clusters=target, **kw).fit(d)
+    elif method == "bounded":
+        est = BoundedAgglomerativeClustering(n_clusters=target, **kw).fit(d)
     else:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     est.target_ = target  # type: ignore[attr-defined]

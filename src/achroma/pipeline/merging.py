@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..clustering import (AgglomerativeClustering, Clustering, DBSCANClustering, KMeansClustering, keep_target,
-                          minmax_scale, search_keep)
+from ..clustering import (AgglomerativeClustering, BoundedAgglomerativeClustering, Clustering, DBSCANClustering,
+                          KMeansClustering, keep_target, minmax_scale, search_keep)
 from ..distances import pairwise_distances
 from ..fields import ReceptiveFields, compute_receptive_fields, resolve_conv
 from ..fold import GRAY_NORMALIZATION, find_input_conv
@@ -111,12 +111,21 @@ def _balanced_removals(blocks: list[list[int]], removals: list[int], constraints
     return removals
 
 
+def by_count(method: str, k: int) -> Any:
+    """An estimator that makes exactly k clusters in the spirit of `method` (dbscan: single linkage)."""
+    if method == "kmeans":
+        return KMeansClustering(n_clusters=k)
+    if method == "bounded":
+        return BoundedAgglomerativeClustering(n_clusters=k)
+    return AgglomerativeClustering(n_clusters=k, linkage="single" if method == "dbscan" else "average", scale=None)
+
+
 def _cluster_constrained(dist: np.ndarray, constraints: ChannelConstraints, method: str, eps: float | None,
                          keep: float | None, layer: str, min_samples: int) -> tuple[Clustering, float | None]:
     """Cluster within each block the surgery allows (grouped convs, channel splits), keep applied per block.
 
     With `keep`, each block keeps round(keep * size) filters, lowered where a grouped conv or a
-    split needs its blocks to lose equally; the count per block is then exact: kmeans and
+    split needs its blocks to lose equally; the count per block is then exact: kmeans, bounded and
     agglomerative take it as n_clusters, dbscan (min_samples 1 is single linkage cut at eps) becomes
     single-linkage agglomerative with that count. With `eps`, every block is clustered with the
     same eps on the layer's scaled matrix; merge_channels refuses the result if it is unbalanced.
@@ -135,8 +144,7 @@ def _cluster_constrained(dist: np.ndarray, constraints: ChannelConstraints, meth
         else:
             if keep is not None:
                 k = len(block) - removals[i]
-                est = (KMeansClustering(n_clusters=k) if method == "kmeans" else AgglomerativeClustering(
-                    n_clusters=k, linkage="single" if method == "dbscan" else "average", scale=None))
+                est = by_count(method, k)
             elif method == "dbscan":
                 est = DBSCANClustering(eps=float(eps), min_samples=min_samples, scale=None)
             else:

@@ -17,7 +17,7 @@ from ..fields import conv_forward_order, resolve_conv
 T = TypeVar("T")
 REPAIRS = ("ls-refit", "bn-train", "bn-stats", "distill", "finetune", "finetune-kd", "none")
 TRAINED_REPAIRS = ("bn-train", "distill", "finetune", "finetune-kd")  # these take an epoch count: finetune:3
-CLUSTER_METHODS = ("dbscan", "kmeans", "agglomerative")
+CLUSTER_METHODS = ("dbscan", "kmeans", "agglomerative", "bounded")
 
 
 def split_list(spec: str | Sequence[Any] | None) -> list[Any]:
@@ -152,8 +152,8 @@ def check_cluster_setting(method: str, eps: float | None, keep: float | None, la
         raise ValueError(f"unknown clustering method {method!r}; choose from {', '.join(CLUSTER_METHODS)}")
     if (eps is None) == (keep is None):
         raise ValueError(f"layer {layer}: give exactly one of eps or keep")
-    if eps is not None and method == "kmeans":
-        raise ValueError("kmeans takes keep (a share of the filters), not eps")
+    if eps is not None and method in ("kmeans", "bounded"):
+        raise ValueError(f"{method} takes keep (a share of the filters), not eps")
     if eps is not None and not eps > 0:
         raise ValueError(f"eps must be positive; got {eps}")
     if keep is not None and not 0 < keep <= 1:

@@ -39,7 +39,7 @@ class SweepConfig:
     `CompressConfig` ('fields', 'l1', 'random', ...). repairs: as `compress` takes them. merge: how
     each layer is compared and clustered (metric, cluster method, fields, seed, repair budgets);
     its layers/keep/eps/selection/repair are set by the sweep. cluster_method must give exact
-    cluster counts (kmeans or agglomerative), so every method keeps the same number of channels.
+    cluster counts (kmeans, agglomerative or bounded), so every method keeps the same number of channels.
     allocation: how each budget is shared among groups ('uniform' or 'sensitivity', see
     pipeline.allocation); every method of a sweep gets the same widths."""
 
@@ -60,7 +60,7 @@ class SweepConfig:
         if bad:
             raise ValueError(f"targets are shares kept, strictly between 0 and 1; got {bad[0]}")
         if self.merge.cluster_method == "dbscan":
-            raise ValueError("a sweep needs exact cluster counts: use cluster_method 'kmeans' or 'agglomerative'")
+            raise ValueError("a sweep needs exact cluster counts: use cluster_method 'kmeans', 'agglomerative' or 'bounded'")
         for method in self.methods:
             CompressConfig(selection=method)  # checks the name
         if self.scratch_epochs is not None and self.scratch_epochs < 1:
