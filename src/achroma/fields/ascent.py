@@ -6,7 +6,9 @@ step 0.5, 100 steps. Here image i of a batch climbs filter i; in eval mode the i
 interact, so the batch gives each filter exactly its one-at-a-time result. The ascent runs in
 pixel space and pixels reach the model through its normalization, (x / 255 - mean) / std, so the
 recipe is the notebook's whatever the model's input normalization. The forward pass stops at the
-layer, and the layer's own gradient is a constant map (see `_Objective`).
+layer, and the layer's own gradient is a constant map (see `objectives._Objective`). Options of
+`compute_receptive_fields` add Lucid/Lucent's variants (where the filter is read, centre unit,
+jitter, Fourier parameterization); their defaults are this recipe, bit for bit.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import torch.nn as nn
 from ..progress import progress as progress_bar
 
 from ..data import Normalization, get_normalization
-from ..models.inspect import _StopForward, input_channels, resolve_conv, resolve_layer_name
+from ..models.inspect import input_channels, resolve_conv, resolve_layer_name
+from .objectives import POINTS, REDUCTIONS, _Objective, make_objective
+from .parameterization import PARAMETERIZATIONS, image_space, jitter_shifts, roll_images
 from .result import ReceptiveFields
 
 
@@ -32,87 +36,41 @@ def initial_images(seed: int, restart: int, filters: Sequence[int], channels: in
                      for f in filters])
 
 
-class _Objective:
-    """Sum over images of each one's objective, the mean of its own filter's map at a conv layer.
-
-    The forward pass stops at the layer (a hook raises), so nothing after it is computed. For a
-    plain nn.Conv2d the objective is affine in the conv's input z: mean(conv(z)[f]) = <z, G_f> + c,
-    where G_f, the gradient of that mean, does not depend on z. G is computed once per batch of
-    filters and the layer itself is never run during the ascent; the gradient that reaches the
-    image is exactly the one the full layer would send back. A Conv2d subclass with its own
-    forward (weight standardization...) may not be affine: it is run whole.
-    """
-
-    def __init__(self, model: nn.Module, conv: nn.Conv2d) -> None:
-        self.model = model
-        self.conv = conv
-        self.affine = type(conv).forward is nn.Conv2d.forward
-        self._caught: torch.Tensor | None = None
-        self._grad_key: tuple | None = None
-        self._grad: torch.Tensor | None = None
-
-    def _catch_input(self, _module: nn.Module, inputs: Any) -> None:
-        self._caught = inputs[0]
-        raise _StopForward
-
-    def _catch_output(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        self._caught = output
-        raise _StopForward
-
-    def _run_to_layer(self, x: torch.Tensor) -> torch.Tensor:
-        self._caught = None
-        if self.affine:
-            handle = self.conv.register_forward_pre_hook(self._catch_input)
-        else:
-            handle = self.conv.register_forward_hook(self._catch_output)
-        try:
-            self.model(x)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        caught, self._caught = self._caught, None
-        if caught is None:
-            raise ValueError("the forward pass never reached the requested layer")
-        return caught
-
-    def mean_gradients(self, z: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-        """G (B, C, H, W): gradient of the mean of conv output channel filters[b] w.r.t. input image b."""
-        key = (tuple(filters.tolist()), tuple(z.shape[1:]), z.dtype, z.device)
-        if key != self._grad_key:
-            with torch.enable_grad():
-                probe = torch.zeros((len(filters), *z.shape[1:]), dtype=z.dtype, device=z.device, requires_grad=True)
-                out = self.conv(probe)
-                mean = out[torch.arange(len(filters), device=z.device), filters].mean(dim=(1, 2)).sum()
-                (self._grad,) = torch.autograd.grad(mean, probe)
-            self._grad_key = key
-        assert self._grad is not None
-        return self._grad
-
-    def __call__(self, x: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-        caught = self._run_to_layer(x)
-        if self.affine:  # <z_b, G_fb> differs from the mean of the map by a constant only
-            return (caught * self.mean_gradients(caught.detach(), filters)).sum()
-        rows = torch.arange(x.shape[0], device=x.device)
-        return caught[rows, filters].mean(dim=(1, 2)).sum()
-
-
 def _climb(objective: _Objective, x: torch.Tensor, filters: torch.Tensor, to_input: Normalization,
-           steps: int, step_size: float, bar: Any) -> torch.Tensor:
-    """`steps` RMS-normalized ascent steps on pixel images `x`; image b climbs channel filters[b]."""
+           steps: int, step_size: float, bar: Any, *, parameterization: str = "pixel",
+           shifts: np.ndarray | None = None) -> torch.Tensor:
+    """`steps` RMS-normalized ascent steps from pixel images `x`; image b climbs channel filters[b].
+
+    The step moves the parameters of `parameterization` (the pixels, or the scaled spectrum);
+    shifts (steps, B, 2): per-step rolls of each image before the forward pass (jitter), or None.
+    """
     shape = (1, -1, 1, 1)
     mean = torch.tensor(to_input.mean, dtype=x.dtype, device=x.device).view(shape)
     std = torch.tensor(to_input.std, dtype=x.dtype, device=x.device).view(shape)
-    x = x.clone()
-    for _ in range(steps):
-        x.requires_grad_(True)
+    space = image_space(parameterization, x)
+    p = space.init(x)
+    for i in range(steps):
+        p.requires_grad_(True)
         with torch.enable_grad():  # also when called under torch.no_grad()
-            loss = objective((x / 255.0 - mean) / std, filters)  # images are independent: one backward
-            (grad,) = torch.autograd.grad(loss, x)
-        grad = grad / (grad.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() + 1e-5)
-        x = (x + step_size * grad).detach()
+            img = space.image(p)
+            if shifts is not None:
+                img = roll_images(img, shifts[i])
+            loss = objective((img / 255.0 - mean) / std, filters)  # images are independent: one backward
+            (grad,) = torch.autograd.grad(loss, p)
+        grad = grad / (grad.pow(2).mean(dim=tuple(range(1, grad.ndim)), keepdim=True).sqrt() + 1e-5)
+        p = (p + step_size * grad).detach()
         bar.update(1)
-    return x
+    return space.image(p).detach()
+
+
+def _check_variants(point: str, reduction: str, jitter: int, parameterization: str) -> None:
+    """ValueError for an unknown point, reduction or parameterization, or a jitter that is not an int >= 0."""
+    for what, value, known in (("point", point, POINTS), ("reduction", reduction, REDUCTIONS),
+                               ("parameterization", parameterization, PARAMETERIZATIONS)):
+        if value not in known:
+            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(known)}")
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, np.integer)) or jitter < 0:
+        raise ValueError(f"jitter must be an int >= 0 (pixels); got {jitter!r}")
 
 
 def compute_receptive_fields(
@@ -128,6 +86,10 @@ def compute_receptive_fields(
     filters: Sequence[int] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    point: str = "conv",
+    reduction: str = "mean",
+    jitter: int = 0,
+    parameterization: str = "pixel",
 ) -> ReceptiveFields:
     """Receptive fields of the filters of conv `layer` (a module path, or 'first').
 
@@ -135,8 +97,22 @@ def compute_receptive_fields(
     `Normalization`; None means none). filters: indices to compute (default all), in that order.
     batch_size: filters per batch (default all at once). restarts: average the raw pixel images
     of that many seeded runs. Runs on the model's device and dtype; the model's train/eval mode
-    is restored afterwards. Deterministic for a given seed.
+    is restored afterwards. Deterministic for a given seed. The defaults of the four options
+    below are the notebook's recipe; the others are Lucid/Lucent feature-visualization practice:
+
+    point: 'conv' reads the conv (notebook); 'bn' the BatchNorm just after it; 'act' relu(bn), what the next layer gets.
+    reduction: 'mean' climbs the map's spatial mean (notebook); 'center' its unit (H//2, W//2): a field of one window.
+    jitter: each step, roll each image by a seeded random (dy, dx) in [-jitter, jitter] px: shift-robust fields.
+    parameterization: 'pixel' (notebook); 'fourier' ascends a 1/freq-scaled spectrum (Lucid): low-frequency fields.
+
+    'act' applies relu to the BatchNorm's output itself rather than finding the model's ReLU module,
+    and a filter whose 'act' unit(s) are zero on the start image gets no gradient and keeps it.
+    'bn' and 'act' raise ValueError for a conv no BatchNorm directly follows. Jitter offsets come
+    from per-filter streams (seed, restart, filter, 1), so batching never changes a field. 'fourier'
+    starts from the same start image (its spectrum divided by the scale) and keeps the step rule,
+    so step_size is then in spectrum units; images stay in 0..255 pixel space either way.
     """
+    _check_variants(point, reduction, jitter, parameterization)
     if steps < 0 or restarts < 1 or size < 1:
         raise ValueError("need steps >= 0, restarts >= 1 and size >= 1")
     name = resolve_layer_name(model, layer, size)
@@ -151,7 +127,7 @@ def compute_receptive_fields(
     chunk = batch_size or len(filters)
     chunks = [filters[i:i + chunk] for i in range(0, len(filters), chunk)]
 
-    objective = _Objective(model, conv)
+    objective = make_objective(model, conv, name, point, reduction, channels, size)
     total = np.zeros((len(filters), channels, size, size))
     was_training = model.training
     model.eval()
@@ -163,7 +139,9 @@ def compute_receptive_fields(
                 x0 = torch.from_numpy(initial_images(seed, restart, part, channels, size))
                 x0 = x0.to(dtype=param.dtype, device=param.device)
                 idx = torch.tensor(part, device=param.device)
-                x = _climb(objective, x0, idx, to_input, steps, step_size, bar)
+                shifts = jitter_shifts(seed, restart, part, steps, jitter) if jitter else None
+                x = _climb(objective, x0, idx, to_input, steps, step_size, bar, parameterization=parameterization,
+                           shifts=shifts)
                 total[start:start + len(part)] += x.double().cpu().numpy()
                 start += len(part)
     finally:
@@ -172,5 +150,6 @@ def compute_receptive_fields(
     params = dict(
         layer=name, filters=filters, size=size, steps=steps, step_size=step_size, restarts=restarts, seed=seed,
         in_chans=channels, normalization=to_input.to_dict(), model=getattr(model, "achroma_arch", None),
+        point=point, reduction=reduction, jitter=int(jitter), parameterization=parameterization,
     )
     return ReceptiveFields.from_raw(name, total / restarts, params)
