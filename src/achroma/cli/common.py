@@ -17,6 +17,26 @@ def add_data_args(p: argparse.ArgumentParser, mode: bool = True) -> None:
                        help="cifar | imagenet | none | half | 'MEAN,..:STD,..' (default: the checkpoint's, else cifar)")
 
 
+def add_field_variant_args(p: argparse.ArgumentParser) -> None:
+    """The receptive-field variants of `compute_receptive_fields` (defaults: the notebook's recipe)."""
+    from ..fields.objectives import POINTS, REDUCTIONS
+    from ..fields.parameterization import PARAMETERIZATIONS
+
+    p.add_argument("--point", choices=POINTS, default="conv",
+                   help="read the filter at the conv, the BatchNorm right after it, or relu of that (default conv)")
+    p.add_argument("--reduction", choices=REDUCTIONS, default="mean",
+                   help="climb the map's spatial mean or its centre unit (default mean)")
+    p.add_argument("--jitter", type=int, default=0, help="roll images by up to this many pixels each step (default 0)")
+    p.add_argument("--parameterization", choices=PARAMETERIZATIONS, default="pixel",
+                   help="ascend pixels or a 1/frequency-scaled spectrum (Lucid's fft_image) (default pixel)")
+
+
+def field_variants(args: argparse.Namespace) -> dict:
+    """The variant options that differ from the defaults (so settings saved before the options existed match)."""
+    defaults = {"point": "conv", "reduction": "mean", "jitter": 0, "parameterization": "pixel"}
+    return {k: getattr(args, k) for k, v in defaults.items() if getattr(args, k) != v}
+
+
 def add_model_args(p: argparse.ArgumentParser, normalize: bool = False) -> None:
     """--model/--weights/--in-chans/--num-classes, and with `normalize` the model's --normalize."""
     p.add_argument("--model", default=None, help="registry name (seed-densenet, densenet-bc-100, resnet-cifar-20, "

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..pipeline.config import SELECTIONS
-from .common import add_model_args, check_out_dir, resolve_model
+from .common import add_field_variant_args, add_model_args, check_out_dir, field_variants, resolve_model
 
 
 def register(sub) -> None:
@@ -52,6 +52,7 @@ def register(sub) -> None:
     p.add_argument("--min-samples", type=int, default=1, help="dbscan min_samples (default 1)")
     p.add_argument("--imed-r", type=float, default=1.0, help="IMED Gaussian width in pixels (default 1)")
     p.add_argument("--steps", type=int, default=100, help="gradient-ascent steps for the receptive fields (100)")
+    add_field_variant_args(p)
     p.add_argument("--restarts", type=int, default=1, help="average the fields of this many seeded runs (1)")
     p.add_argument("--fields-from", default="color", choices=["color", "current"],
                    help="compute each layer's fields in the color model, then luma (color, default: the notebook's "
@@ -186,7 +187,8 @@ def run(args) -> int:
                           distill_loss=args.distill_loss)
     settings = CompressConfig(layers=paths, metric=args.metric, cluster_method=args.cluster, eps=args.eps,
                               keep=args.keep, selection=args.selection, repair=repairs, repair_config=config,
-                              fields={"steps": args.steps, "restarts": args.restarts}, fields_from=args.fields_from,
+                              fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
+                              fields_from=args.fields_from,
                               between=args.between, imed_r=args.imed_r, min_samples=args.min_samples, seed=args.seed,
                               batch_size=args.batch_size, device=str(device(args.device)), progress=not args.quiet)
     result = compress(model, normalize, train_set, test_set, settings, clusterings=given, log=log)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 
-from ..fields.objectives import POINTS, REDUCTIONS
-from ..fields.parameterization import PARAMETERIZATIONS
-from .common import add_model_args, check_out_dir, device, resolve_model
+from .common import add_field_variant_args, add_model_args, check_out_dir, device, field_variants, resolve_model
 
 
 def register(sub) -> None:
@@ -19,13 +17,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--batch-size", type=int, default=None, help="filters per batch (default: all at once)")
-    p.add_argument("--point", choices=POINTS, default="conv",
-                   help="read the filter at the conv, the BatchNorm right after it, or relu of that (default conv)")
-    p.add_argument("--reduction", choices=REDUCTIONS, default="mean",
-                   help="climb the map's spatial mean or its centre unit (default mean)")
-    p.add_argument("--jitter", type=int, default=0, help="roll images by up to this many pixels each step (default 0)")
-    p.add_argument("--parameterization", choices=PARAMETERIZATIONS, default="pixel",
-                   help="ascend pixels or a 1/frequency-scaled spectrum (Lucid's fft_image) (default pixel)")
+    add_field_variant_args(p)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.set_defaults(func=run)
@@ -43,8 +35,7 @@ def run(args) -> int:
     model = model.to(device(args.device))
     rf = compute_receptive_fields(model, args.layer, normalization=normalize, size=args.size, steps=args.steps,
                                   step_size=args.step_size, restarts=args.restarts, seed=args.seed,
-                                  batch_size=args.batch_size, point=args.point, reduction=args.reduction,
-                                  jitter=args.jitter, parameterization=args.parameterization)
+                                  batch_size=args.batch_size, **field_variants(args))
     rf.params["weights"] = str(args.weights) if args.weights else None
     rf.save(out / "fields.npz")
     plot_fields(rf, out / "fields_color.png", kind="color")

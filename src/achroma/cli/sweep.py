@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..pipeline.config import SELECTIONS
-from .common import add_model_args, check_out_dir, resolve_model
+from .common import add_field_variant_args, add_model_args, check_out_dir, field_variants, resolve_model
 
 
 def register(sub) -> None:
@@ -38,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--cluster", default="kmeans", choices=["kmeans", "agglomerative", "bounded"],
                    help="clustering by count, so every method keeps the same channels per group (default kmeans)")
     p.add_argument("--steps", type=int, default=100, help="receptive-field ascent steps")
+    add_field_variant_args(p)
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--fields-from", default="color", choices=["color", "current"])
     p.add_argument("--epochs", type=int, default=1, help="epochs of trained repairs that name none (default 1)")
@@ -89,7 +90,8 @@ def run(args) -> int:
     by, targets = ("macs", args.target_macs) if args.target_macs else ("params", args.target_params)
     merge = CompressConfig(metric=args.metric, cluster_method=args.cluster,
                            repair_config=RepairConfig(epochs=args.epochs, batch_size=args.repair_batch_size),
-                           fields={"steps": args.steps, "restarts": args.restarts}, fields_from=args.fields_from,
+                           fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
+                              fields_from=args.fields_from,
                            between=args.between, seed=args.seed, batch_size=args.batch_size, device=str(device(args.device)),
                            progress=not args.quiet)
     config = SweepConfig(targets=[float(t) for t in split_list(targets)], by=by, methods=split_list(args.methods),
