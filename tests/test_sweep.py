@@ -125,3 +125,13 @@ def test_cli_sweep_refuses_a_non_sweep_folder(tmp_path, capsys):
     code = cli.main(["sweep", "--model", "resnet-cifar-20", "--target-macs", "0.5", "--out", str(tmp_path),
                      "--dataset", "folder:/nonexistent"])
     assert code == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_cli_report_only_needs_no_budget_and_rewrites_the_tables(finished, capsys):
+    out, records = finished
+    (out / "results.md").unlink(missing_ok=True)
+    assert cli.main(["sweep", "--out", str(out), "--report-only"]) == 0
+    assert "| uncompressed |" in (out / "results.md").read_text()
+    assert cli.main(["sweep", "--out", str(out / "missing"), "--report-only"]) == 2
+    assert cli.main(["sweep", "--model", "resnet-cifar-20", "--out", str(out / "new")]) == 2
+    assert "--target-macs" in capsys.readouterr().err

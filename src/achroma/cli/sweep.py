@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--display-name", default=None)
-    budget = p.add_mutually_exclusive_group(required=True)
+    budget = p.add_mutually_exclusive_group()
     budget.add_argument("--target-macs", default=None, help="shares of the MACs kept, e.g. 0.8,0.5,0.3")
     budget.add_argument("--target-params", default=None, help="shares of the parameters kept")
     p.add_argument("--skip", default=None, help="groups to leave whole, named by a conv that writes them")
@@ -68,10 +68,14 @@ def run(args) -> int:
 
     out = Path(args.out)
     if args.report_only:
+        if not (out / "results.jsonl").is_file():
+            raise ValueError(f"{out} holds no sweep results (results.jsonl) to report")
         records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
         for path in write_tables(records, out, title=json.loads((out / "sweep.json").read_text())["dataset"]):
             print(path)
         return 0
+    if args.target_macs is None and args.target_params is None:
+        raise ValueError("give the budgets: --target-macs or --target-params (e.g. 0.5,0.3)")
     if not (out / "sweep.json").is_file():  # a new sweep: an empty folder, not an input's
         check_out_dir(out, [args.weights], force=False)
     if args.threads:
