@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from achroma.data import get_normalization
-from achroma.fields import ReceptiveFields, compute_receptive_fields, initial_images, resolve_conv
+from achroma.fields import ReceptiveFields, initial_images, resolve_conv
 from achroma.models import create_model
 
 torch.set_num_threads(1)
@@ -15,16 +15,7 @@ torch.set_num_threads(1)
 DENSE_LAYER = "features.0.2.conv"  # its output is concatenated: no BatchNorm directly follows it
 
 
-@pytest.fixture(scope="module")
-def tiny() -> nn.Module:
-    torch.manual_seed(0)
-    return create_model("seed-densenet-tiny")
-
-
-def _fields(model: nn.Module, layer: str, **kw) -> ReceptiveFields:
-    kw.setdefault("steps", 8)
-    kw.setdefault("normalization", "cifar")
-    return compute_receptive_fields(model, layer, progress=False, **kw)
+from test_fields import _fields, tiny  # noqa: F401,E402  (the same tiny model and short ascent)
 
 
 class ConvBN(nn.Module):

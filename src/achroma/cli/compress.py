@@ -26,8 +26,8 @@ def register(sub) -> None:
                    help="conv module paths and/or first:N, comma-separated, merged in this order, or 'all' (every "
                         "channel group; default first:1, or all with a target)")
     p.add_argument("--target-macs", type=float, default=None,
-                   help="whole-network budget: the share of the folded model's MACs to keep (e.g. 0.5); every group "
-                        "keeps the same share")
+                   help="whole-network budget: the share of the folded model's MACs to keep (e.g. 0.5), shared "
+                        "among the channel groups as --allocation says")
     p.add_argument("--target-params", type=float, default=None, help="the same for the parameters")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
                    help="with a target: the same share kept in every group, or shares by each group's sensitivity")

@@ -89,13 +89,7 @@ class CompressionResult:
 
 
 def _clock(log: Log | None, start: float) -> Log:
-    def say(msg: str) -> None:
-        if log is not None:
-            log(f"[{time.perf_counter() - start:6.1f}s] {msg}")
-    return say
-
-
-def _clock(log: Log | None, start: float) -> Log:
+    """`log` with each message stamped by the seconds since `start`."""
     def say(msg: str) -> None:
         if log is not None:
             log(f"[{time.perf_counter() - start:6.1f}s] {msg}")
