@@ -85,3 +85,32 @@ def test_compress_with_bounded_clusters_keeps_the_count_and_the_bound():
     with pytest.raises(ValueError, match="takes keep"):
         compress(model, "cifar", data, data, CompressConfig(layers="layer3.0.conv1", eps=0.1, cluster_method="bounded",
                                                             repair="none", progress=False), log=None)
+
+
+def test_medoid_merge_keeps_each_clusters_representative_as_it_was():
+    import torch
+
+    from achroma.data import ImageDataset
+    from achroma.models import create_model
+    from achroma.pipeline import CompressConfig, compress
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageDataset(torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g),
+                        torch.arange(20) % 10, [f"c{i}" for i in range(10)], name="synthetic", split="train")
+    torch.manual_seed(0)
+    model = create_model("resnet-cifar-20").eval()
+    kw = dict(layers="layer2.1.conv1", keep=0.5, cluster_method="bounded", repair="none", fields={"steps": 2},
+              progress=False)
+    medoid = compress(model, "cifar", data, data, CompressConfig(merge="medoid", **kw), log=None)
+    average = compress(model, "cifar", data, data, CompressConfig(**kw), log=None)
+    (layer,) = medoid.layers
+    assert layer.pruned and not average.layers[0].pruned
+    assert layer.clustering.labels.tolist() == average.layers[0].clustering.labels.tolist()
+    reps = sorted(layer.clustering.representatives)
+    original = model.get_submodule("layer2.1.conv1").weight
+    kept = medoid.final_model.get_submodule("layer2.1.conv1").weight
+    assert torch.equal(kept, original[reps])
+    averaged = average.final_model.get_submodule("layer2.1.conv1").weight
+    assert not torch.equal(averaged, original[reps])
+    with pytest.raises(ValueError, match="merge must be"):
+        CompressConfig(merge="sum")

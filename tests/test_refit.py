@@ -128,3 +128,45 @@ def test_producer_refit_reaches_layers_that_both_read_and_write_merged_channels(
     # the merge already gives a producer with unchanged inputs its target (the members' mean): ridge only
     assert all(a <= b + 1e-3 for a, b in zip(report.error_after, report.error_before))
     assert sum(report.error_after) < 0.5 * sum(report.error_before)
+
+
+def _prune_dead(gray: torch.nn.Module, layer: str, consumer: str, dead: list[int]):
+    """`gray` with the consumer slices of `dead` channels zeroed, and that model pruned of them."""
+    from achroma.surgery.prune import prune_channels
+
+    with torch.no_grad():
+        gray.get_submodule(consumer).weight[:, dead] = 0
+    n = gray.get_submodule(layer).out_channels
+    keep = [c for c in range(n) if c not in dead]
+    pruned = prune_channels(gray, layer, keep, torch.rand(1, 1, 32, 32, dtype=torch.float64))
+    return pruned, keep
+
+
+@pytest.mark.parametrize("method", ["l1", "fields"])
+def test_refit_after_pruning_dead_channels_changes_nothing(method):
+    """A pruning that removes channels nobody reads is exact; the refit must leave it so. Each kept
+    channel's target is its own reference output (not the mean of channels removed beside it):
+    refit_merges marks pruned layers, and old summaries of 'l1' count as pruned."""
+    from achroma.pipeline.merging import refit_merges
+    from achroma.surgery.prune import pruning_clustering
+
+    gray = _gray_resnet()
+    pruned, keep = _prune_dead(gray, "layer1.0.conv1", "layer1.0.conv2", [1, 4, 5, 9, 12])
+    c = pruning_clustering(keep, 16, layer="layer1.0.conv1")
+    summary = {"layer": "layer1.0.conv1", "method": method, "labels": c.labels.tolist(),
+               "representatives": list(c.representatives)}
+    if method != "l1":
+        summary["pruned"] = True
+    merges = refit_merges([summary])
+    assert merges["layer1.0.conv1"][0].count(-1) == 5
+    test = _batches(32, seed=5)[0][0]
+    before = copy.deepcopy(pruned)
+    ls_refit(pruned, gray, _batches(256), merges=merges, ridge=1e-10)
+    with torch.no_grad():
+        assert (pruned(test) - gray(test)).abs().max() <= 1e-5 * gray(test).abs().max()
+    # as averaging targets (every removed channel joined to the first kept one), the same refit moves it
+    wrong = copy.deepcopy(before)
+    ls_refit(wrong, gray, _batches(256), merges={"layer1.0.conv1": (c.labels.tolist(), list(c.representatives))},
+             ridge=1e-10)
+    with torch.no_grad():
+        assert (wrong(test) - gray(test)).abs().max() > 1e-3 * gray(test).abs().max()

@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--target-params", type=float, default=None, help="the same for the parameters")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
                    help="with a target: the same share kept in every group, or shares by each group's sensitivity")
+    p.add_argument("--merge", default="average", choices=["average", "medoid"],
+                   help="a cluster becomes its members' mean (average, the seed's) or its representative, the "
+                        "others removed (medoid: pruning chosen by the clustering)")
     p.add_argument("--between", default="none", choices=["none", "ls-refit", "bn-stats"],
                    help="repair after each layer's merge (group by group) instead of only at the end")
     p.add_argument("--skip", default=None, help="with a target: groups to leave whole, named by a conv that writes "
@@ -189,7 +192,8 @@ def run(args) -> int:
                               keep=args.keep, selection=args.selection, repair=repairs, repair_config=config,
                               fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
                               fields_from=args.fields_from,
-                              between=args.between, imed_r=args.imed_r, min_samples=args.min_samples, seed=args.seed,
+                              between=args.between, merge=args.merge, imed_r=args.imed_r,
+                              min_samples=args.min_samples, seed=args.seed,
                               batch_size=args.batch_size, device=str(device(args.device)), progress=not args.quiet)
     result = compress(model, normalize, train_set, test_set, settings, clusterings=given, log=log)
     runs = max(1, args.latency_runs)

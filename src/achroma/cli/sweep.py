@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
                    help="how a budget is shared among groups: the same share everywhere, or by each group's "
                         "sensitivity (KL when it alone loses half its channels)")
+    p.add_argument("--merge", default="average", choices=["average", "medoid"],
+                   help="a cluster becomes its members' mean (average, the seed's) or its representative, the "
+                        "others removed (medoid: pruning chosen by the clustering)")
     p.add_argument("--between", default="none", choices=["none", "ls-refit", "bn-stats"],
                    help="repair after each group's merge (group by group) instead of only at the end")
     p.add_argument("--methods", default="fields,l1,random",
@@ -96,7 +99,8 @@ def run(args) -> int:
                            repair_config=RepairConfig(epochs=args.epochs, batch_size=args.repair_batch_size),
                            fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
                               fields_from=args.fields_from,
-                           between=args.between, seed=args.seed, batch_size=args.batch_size, device=str(device(args.device)),
+                           between=args.between, merge=args.merge, seed=args.seed, batch_size=args.batch_size,
+                           device=str(device(args.device)),
                            progress=not args.quiet)
     config = SweepConfig(targets=[float(t) for t in split_list(targets)], by=by, methods=split_list(args.methods),
                          repairs=split_list(args.repairs), skip=split_list(args.skip), allocation=args.allocation,

@@ -23,7 +23,7 @@ from ..fields import compute_receptive_fields
 from ..fold import GRAY_NORMALIZATION, FoldReport, fold_to_gray
 from ..training import count_parameters, evaluate
 from .config import CompressConfig
-from .merging import LayerResult, MergeContext, merge_network, plan_layers
+from .merging import LayerResult, MergeContext, merge_network, plan_layers, refit_merges
 from .repairs import repair_model
 from .spec import check_repairs
 
@@ -160,7 +160,7 @@ def compress(model: nn.Module, normalization: str | dict | Any, train_set: Image
     merged, done = merge_network(gray, plans, config, context, timings, log=say)
     score("merged", "merged gray model, no repair", merged, "merged", "gray", GRAY_NORMALIZATION)
     models = {"color": model, "folded": gray, "merged": merged}
-    merges = {ly.layer: (ly.clustering.labels.tolist(), list(ly.clustering.representatives)) for ly in done}
+    merges = refit_merges([ly.summary() for ly in done])
     _repair_all(models, repairs, score, train_set, config, norm, device, timings, say, merges)
 
     settings = {**config.to_dict(), "layers": [p.path for p in plans], "metric": [p.metric for p in plans],

@@ -34,6 +34,9 @@ class CompressConfig:
     notebook's way, the better merge in docs/RESULTS.md), 'current' in the gray model as merged so far.
     between: a repair run after each layer's merge, before the next layer is selected ('ls-refit':
     group by group, each clustered in the model as repaired so far; 'none': all merged, then repaired).
+    merge: what becomes of a cluster: 'average' (the seed's: one filter at the members' BN-consistent
+    mean, consumers' slices summed) or 'medoid' (the cluster's representative kept as it is, the
+    others removed: pruning whose kept filters the clustering chooses; 'random' then prunes at random).
     """
 
     layers: str | Sequence[str] = "first:1"
@@ -47,6 +50,7 @@ class CompressConfig:
     fields: dict[str, Any] = field(default_factory=dict)
     fields_from: str = "color"
     between: str = "none"
+    merge: str = "average"
     imed_r: float = 1.0
     min_samples: int = 1
     border: str = "exact"
@@ -60,6 +64,8 @@ class CompressConfig:
             raise ValueError(f"fields_from must be 'current' or 'color'; got {self.fields_from!r}")
         if self.between not in ("none", "ls-refit", "bn-stats"):
             raise ValueError(f"between must be none, ls-refit or bn-stats; got {self.between!r}")
+        if self.merge not in ("average", "medoid"):
+            raise ValueError(f"merge must be 'average' or 'medoid'; got {self.merge!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}; choose from {', '.join(SELECTIONS)}")
 

@@ -47,13 +47,32 @@ class LayerResult:
     fields: ReceptiveFields | None = None
     distances: np.ndarray | None = None
     source: str = "computed"  # or the path of a given clustering
+    pruned: bool = False  # representatives kept as they were, other members removed (no averaging)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready, without the arrays."""
         return {"layer": self.layer, "metric": self.metric, "method": self.method, "eps": self.eps,
                 "keep": self.keep, "filters_before": self.channels_before, "filters_after": self.channels_after,
                 "params_before": self.params_before, "params_after": self.params_after, "source": self.source,
-                "labels": self.clustering.labels.tolist(), "representatives": list(self.clustering.representatives)}
+                "labels": self.clustering.labels.tolist(), "representatives": list(self.clustering.representatives),
+                "pruned": self.pruned}
+
+
+def refit_merges(layers: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[int]]]:
+    """What ls-refit needs of each merged layer (`LayerResult.summary()`s): labels and representatives.
+
+    A pruned layer's kept channel stands for itself alone (its refit target is its own reference
+    output, not the mean of the channels removed beside it), so its other members are labelled -1.
+    Summaries written before the flag existed count as pruned when their method is 'l1'.
+    """
+    out = {}
+    for ly in layers:
+        labels, reps = list(ly["labels"]), list(ly["representatives"])
+        if ly.get("pruned", ly.get("method") == "l1"):
+            keep = set(reps)
+            labels = [lab if i in keep else -1 for i, lab in enumerate(labels)]
+        out[ly["layer"]] = (labels, reps)
+    return out
 
 
 @dataclass
@@ -216,7 +235,7 @@ def _repair_between(current: nn.Module, gray: nn.Module, done: list[LayerResult]
     if context.calibration is None:
         raise ValueError(f"a {config.between} between merges needs calibration images")
     t = time.perf_counter()
-    merges = {ly.layer: (ly.clustering.labels.tolist(), list(ly.clustering.representatives)) for ly in done}
+    merges = refit_merges([ly.summary() for ly in done])
     fixed = repair_model(current, config.between, context.calibration, config.repair_config, seed=config.seed,
                          device=context.device, reference=gray, merges=merges).eval()
     timings[f"between {done[-1].layer}"] = time.perf_counter() - t
@@ -293,7 +312,7 @@ def _select_without_distances(current: nn.Module, plan: LayerPlan, config: Compr
         clustering = random_clustering(n, k, config.seed, layer=plan.path)
         timings[f"clustering {plan.path}"] = time.perf_counter() - t
         t = time.perf_counter()
-        merged = merge_channels(current, plan.path, clustering, context.example)
+        merged = merge_channels(current, plan.path, clustering, context.example, fold=config.merge == "average")
     else:
         keep = magnitude_keep(current, plan.path, k, context.example)
         clustering = pruning_clustering(keep, n, layer=plan.path)
@@ -324,11 +343,13 @@ def merge_layer(current: nn.Module, plan: LayerPlan, config: CompressConfig, con
         clustering, used_eps, rf, dist = _select(current, plan, config, context, timings)
     if config.selection not in ("random", "l1") or plan.clustering is not None:
         t = time.perf_counter()
-        merged = merge_channels(current, path, clustering, context.example).to(context.device).eval()
+        merged = merge_channels(current, path, clustering, context.example,
+                                fold=config.merge == "average").to(context.device).eval()
         timings[f"merge {path}"] = time.perf_counter() - t
     after = resolve_conv(merged, path).out_channels
+    pruned = config.selection == "l1" or config.merge == "medoid"
     return merged, LayerResult(path, metric, method, used_eps, keep, before, after, params_before,
-                               count_parameters(merged), clustering, rf, dist, source)
+                               count_parameters(merged), clustering, rf, dist, source, pruned)
 
 
 def _check_given(model: nn.Module, path: str, clustering: Clustering) -> None:

@@ -23,6 +23,7 @@ from ..fold import GRAY_NORMALIZATION, fold_to_gray
 from ..io import load_checkpoint, save_checkpoint
 from ..pipeline import CompressConfig, MergeContext, merge_network, plan_layers, repair_model
 from ..pipeline.budget import plan_budget
+from ..pipeline.merging import refit_merges
 from ..pipeline.spec import check_repairs
 from ..progress import progress
 from ..report import count_macs
@@ -74,8 +75,9 @@ class SweepConfig:
         out = {"by": self.by, "skip": list(self.skip), "scratch_epochs": self.scratch_epochs, "merge": merge}
         if self.allocation != "uniform":  # (older sweep folders predate the choice)
             out["allocation"] = self.allocation
-        if merge.get("between") == "none":
-            merge.pop("between")
+        for key, default in (("between", "none"), ("merge", "average")):  # (older sweep folders predate them)
+            if merge.get(key) == default:
+                merge.pop(key)
         return out
 
 
@@ -132,7 +134,7 @@ class Sweep:
             model = base if key.repair == "none" else repair_model(
                 base, key.repair, self.train_set, self.config.merge.repair_config, seed=self.config.merge.seed,
                 device=self.device, teacher=self.color, teacher_normalize=self.norm, reference=self.gray,
-                merges={ly["layer"]: (ly["labels"], ly["representatives"]) for ly in info.get("layers", [])}).eval()
+                merges=refit_merges(info.get("layers", []))).eval()
             seconds["repair"] = time.perf_counter() - t
         t = time.perf_counter()
         score = evaluate(model, self.test_set, mode="gray", normalize=GRAY_NORMALIZATION,
