@@ -34,7 +34,7 @@ def test_sensitive_groups_keep_more_channels_and_the_budget_holds(cost):
         even, skewed = sensitivity_widths(cost, 0.5, flat, by), sensitivity_widths(cost, 0.5, sharp, by)
         for widths in (even, skewed):
             assert cost.cost(widths)[by] <= 0.5 * cost.full[by]
-            assert all(1 <= widths[g] <= cost.channels[g] for g in roots)
+            assert all(max(2, 0.25 * cost.channels[g]) <= widths[g] <= cost.channels[g] for g in roots)
         assert skewed["layer3.0.conv1"] > even["layer3.0.conv1"]
     skipped = sensitivity_widths(cost, 0.6, flat, "macs", skip=["conv1"])
     assert skipped["conv1"] == cost.channels["conv1"]
@@ -79,3 +79,11 @@ def test_group_by_group_with_a_refit_between_keeps_the_widths():
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the refit between steps changed weights
     with pytest.raises(ValueError, match="between must be"):
         CompressConfig(between="distill")
+
+
+def test_an_insensitive_group_stops_at_a_quarter_of_its_channels(cost):
+    """A group that seems free to cut is cut to its floor (a quarter, at least 2), never to one channel."""
+    sens = {g: 1.0 for g in cost.channels}
+    sens["layer3.0.conv1"] = 1e-9
+    widths = sensitivity_widths(cost, 0.5, sens, "macs")
+    assert widths["layer3.0.conv1"] == 16  # 64 channels: the floor, reached first
