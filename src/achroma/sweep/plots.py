@@ -31,19 +31,20 @@ def plot_pareto(records: Sequence[dict[str, Any]], out_dir: str | Path, title: s
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     paths = []
     for cost in ("params", "macs"):
+        unit = 1e3 if cost == "params" else 1e6  # thousands of parameters, millions of MACs
         fig, ax = plt.subplots(figsize=(7.5, 5))
         for m in methods:
             mine = [r for r in records if r["method"] == m]
             for j, rep in enumerate(repairs):
-                pts = sorted((r[cost], 100 * r["accuracy"]) for r in mine if r["repair"] == rep)
+                pts = sorted((r[cost] / unit, 100 * r["accuracy"]) for r in mine if r["repair"] == rep)
                 if pts:
                     ax.plot(*zip(*pts), color=colors[m], marker=MARKERS[j % len(MARKERS)], lw=0.6, alpha=0.55,
                             ms=5, ls=":")
-            front = pareto_front([(r[cost], 100 * r["accuracy"]) for r in mine])
+            front = pareto_front([(r[cost] / unit, 100 * r["accuracy"]) for r in mine])
             ax.plot(*zip(*front), color=colors[m], lw=2, label=m)
         for j, rep in enumerate(repairs):
             ax.plot([], [], color="gray", marker=MARKERS[j % len(MARKERS)], ls="", label=f"repair: {rep}")
-        ax.set_xlabel("parameters" if cost == "params" else "MACs per image")
+        ax.set_xlabel("parameters (thousands)" if cost == "params" else "MACs per image (millions, FlopCounter)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{title}: accuracy against {cost}" if title else f"accuracy against {cost}")
         ax.grid(alpha=0.3)
