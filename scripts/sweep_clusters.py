@@ -26,6 +26,8 @@ def load_layers(sweep: Path, prefix: str) -> dict[str, dict[str, dict]]:
     for path in sorted((sweep / "models").glob(f"{prefix}-*.json")):
         method = path.stem[len(prefix) + 1:]
         layers = json.loads(path.read_text())["sweep"].get("layers", [])
+        if method == "l1" or any(ly.get("pruned") for ly in layers):
+            continue  # pruning: kept channels, no clusters to look at
         out[method] = {ly["layer"]: ly for ly in layers}
     return out
 
