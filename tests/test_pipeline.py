@@ -418,3 +418,16 @@ def test_the_whole_pipeline_runs_on_cuda(train_set, test_set):
     assert {p.device.type for p in gpu.final_model.parameters()} == {"cuda"}
     cpu = _compress(train_set, test_set, device="cpu", **kw)
     assert abs(gpu.row("merged").accuracy - cpu.row("merged").accuracy) <= 0.05
+
+
+def test_cli_whole_network_target_defaults_to_the_measured_best_selection(checkpoint, folder_data, tmp_path):
+    """With a budget, compress uses k-means on the raw weights (docs/RESULTS.md: the best whole-network
+    merge; the receptive fields lost to it); with chosen layers it keeps the seed's fields + dbscan."""
+    out, layer = tmp_path / "budget", tmp_path / "layer"
+    assert _achroma(*_cli_args(checkpoint, folder_data, out, "--target-macs", "0.6", "--repair", "none")) == 0
+    settings = json.loads((out / "model.json").read_text())["compression"]["settings"]
+    assert (settings["selection"], settings["cluster_method"]) == ("weights", "kmeans")
+    assert _achroma(*_cli_args(checkpoint, folder_data, layer, "--layers", "stem", "--keep", "0.5",
+                               "--repair", "none")) == 0
+    settings = json.loads((layer / "model.json").read_text())["compression"]["settings"]
+    assert (settings["selection"], settings["cluster_method"]) == ("fields", "dbscan")

@@ -40,11 +40,13 @@ def register(sub) -> None:
                    "them (e.g. conv1 for a ResNet's first residual stream)")
     p.add_argument("--metric", default="mse", help="mse | ssim | cosine | brightness | imed; one, or one per layer "
                    "(e.g. mse,imed: the notebook's)")
-    p.add_argument("--cluster", default="dbscan", choices=["dbscan", "kmeans", "agglomerative", "bounded"],
-                   help="bounded: average linkage with no cluster above ceil(N / kept), pairs when half or more stay")
-    p.add_argument("--selection", default="fields", choices=list(SELECTIONS),
-                   help="what filters are compared by: fields (receptive fields, the method; default) or a baseline "
-                        "at the same group sizes: kernels, weights (k-means), activations, random, l1 (pruning)")
+    p.add_argument("--cluster", default=None, choices=["dbscan", "kmeans", "agglomerative", "bounded"],
+                   help="default: kmeans with a target, else dbscan (the notebook's); bounded: average linkage with no "
+                        "cluster above ceil(N / kept), pairs when half or more stay")
+    p.add_argument("--selection", default=None, choices=list(SELECTIONS),
+                   help="what filters are compared by: fields (receptive fields, the seed's method) or kernels, weights "
+                        "(k-means on the raw kernels), activations, random, l1 (pruning). Default: weights with a "
+                        "target (the best whole-network merge in docs/RESULTS.md; fields lost to it), else fields")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--eps", default=None, help="threshold on the min-max-scaled distances (dbscan eps, "
                      "agglomerative distance threshold); one, or one per layer (the notebook: 0.027 on layer 1)")
@@ -163,6 +165,9 @@ def run(args) -> int:
     test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
     size = int(test_set.images.shape[-1])
     budget = _budget(args, model, normalize, size, train_set)
+    whole = budget is not None  # measured defaults for whole-network budgets, the seed's for chosen layers
+    args.selection = args.selection or ("weights" if whole else "fields")
+    args.cluster = args.cluster or ("kmeans" if whole else "dbscan")
     if budget is not None and not budget.layers:
         raise ValueError(f"the folded model already keeps {budget.full['macs']:,.0f} MACs and "
                          f"{budget.full['params']:,.0f} parameters, within the target: nothing to merge")
