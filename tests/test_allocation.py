@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from achroma.data import ImageDataset
+from synthetic import random_images
+
 from achroma.fold import fold_to_gray
 from achroma.models import create_model
 from achroma.pipeline import CompressConfig, RepairConfig, compress
@@ -64,9 +65,7 @@ def test_sensitivity_is_measured_per_group_and_feeds_plan_budget(gray):
 
 
 def test_group_by_group_with_a_refit_between_keeps_the_widths():
-    g = torch.Generator().manual_seed(0)
-    data = ImageDataset(torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=g),
-                        torch.arange(40) % 10, [f"c{i}" for i in range(10)], name="synthetic", split="train")
+    data = random_images(40, size=16)
     torch.manual_seed(0)
     model = create_model("seed-densenet-tiny").eval()
     kw = dict(layers="first:2", keep=0.5, cluster_method="kmeans", repair="none", fields={"steps": 2},

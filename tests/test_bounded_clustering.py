@@ -67,13 +67,12 @@ def test_search_keep_makes_the_target_count():
 def test_compress_with_bounded_clusters_keeps_the_count_and_the_bound():
     import torch
 
-    from achroma.data import ImageDataset
+    from synthetic import random_images
+
     from achroma.models import create_model
     from achroma.pipeline import CompressConfig, compress
 
-    g = torch.Generator().manual_seed(0)
-    data = ImageDataset(torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g),
-                        torch.arange(20) % 10, [f"c{i}" for i in range(10)], name="synthetic", split="train")
+    data = random_images(20)
     torch.manual_seed(0)
     model = create_model("resnet-cifar-20").eval()
     config = CompressConfig(layers="layer3.0.conv1", keep=0.7, cluster_method="bounded", repair="none",
@@ -90,13 +89,12 @@ def test_compress_with_bounded_clusters_keeps_the_count_and_the_bound():
 def test_medoid_merge_keeps_each_clusters_representative_as_it_was():
     import torch
 
-    from achroma.data import ImageDataset
+    from synthetic import random_images
+
     from achroma.models import create_model
     from achroma.pipeline import CompressConfig, compress
 
-    g = torch.Generator().manual_seed(0)
-    data = ImageDataset(torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=g),
-                        torch.arange(20) % 10, [f"c{i}" for i in range(10)], name="synthetic", split="train")
+    data = random_images(20)
     torch.manual_seed(0)
     model = create_model("resnet-cifar-20").eval()
     kw = dict(layers="layer2.1.conv1", keep=0.5, cluster_method="bounded", repair="none", fields={"steps": 2},

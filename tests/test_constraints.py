@@ -191,12 +191,11 @@ class GroupClassifier(nn.Module):
 
 
 def test_compress_clusters_within_groups_and_keeps_them_balanced():
-    from achroma.data import ImageDataset
+    from synthetic import random_images
+
     from achroma.pipeline import CompressConfig, compress
 
-    g = torch.Generator().manual_seed(0)
-    data = ImageDataset(torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(20) % 10,
-                        [f"c{i}" for i in range(10)], name="synthetic", split="test")
+    data = random_images(20, size=16, split="test")
     torch.manual_seed(0)
     config = CompressConfig(layers="stem", keep=0.5, repair="none", fields={"steps": 3}, progress=False)
     result = compress(GroupClassifier().eval(), "cifar", data, data, config, log=None)
