@@ -86,3 +86,12 @@ def test_an_insensitive_group_stops_at_a_quarter_of_its_channels(cost):
     sens["layer3.0.conv1"] = 1e-9
     widths = sensitivity_widths(cost, 0.5, sens, "macs")
     assert widths["layer3.0.conv1"] == 16  # 64 channels: the floor, reached first
+
+
+def test_calibration_images_are_a_seeded_stratified_gray_batch():
+    from achroma.pipeline.allocation import calibration_images
+
+    data = random_images(60, size=16)
+    a, b = calibration_images(data, seed=3), calibration_images(data, seed=3)
+    assert a.shape == (60, 1, 16, 16) and torch.equal(a, b)  # 25 a class asked, 6 a class there
+    assert 0 <= float(a.min()) and float(a.max()) <= 1

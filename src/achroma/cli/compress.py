@@ -122,8 +122,6 @@ def _budget(args, model, normalize, size: int, train_set):
         return None
     if len(targets) > 1:
         raise ValueError("give one of --target-macs and --target-params")
-    import torch
-
     if args.keep is not None or args.eps is not None:
         raise ValueError("a target sets the share each group keeps: give no --keep or --eps with it")
     if args.layers not in ("all", None):
@@ -134,10 +132,9 @@ def _budget(args, model, normalize, size: int, train_set):
     by, target = targets[0]
     calibration = None
     if args.allocation == "sensitivity":
-        from ..data import BatchLoader
+        from ..pipeline.allocation import calibration_images
 
-        images = train_set.stratified_subset(max(1, 256 // train_set.num_classes), seed=args.seed)
-        calibration = torch.cat([x for x, _ in BatchLoader(images, 256, mode="gray", normalize="none")])
+        calibration = calibration_images(train_set, args.seed)
     return plan_budget(model, normalize, target, by, skip=split_list(args.skip), size=size,
                        allocation=args.allocation, calibration=calibration)
 

@@ -18,10 +18,11 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ..data import BatchLoader, ImageDataset, get_normalization
+from ..data import ImageDataset, get_normalization
 from ..fold import GRAY_NORMALIZATION, fold_to_gray
 from ..io import load_checkpoint, save_checkpoint
 from ..pipeline import CompressConfig, MergeContext, merge_network, plan_layers, repair_model
+from ..pipeline.allocation import calibration_images
 from ..pipeline.budget import plan_budget
 from ..pipeline.merging import refit_merges
 from ..pipeline.spec import check_repairs
@@ -179,8 +180,7 @@ class Sweep:
         c = self.config
         calibration = None
         if c.allocation == "sensitivity":
-            images = self.train_set.stratified_subset(max(1, 256 // self.train_set.num_classes), seed=c.merge.seed)
-            calibration = torch.cat([x for x, _ in BatchLoader(images, 256, mode="gray", normalize="none")])
+            calibration = calibration_images(self.train_set, c.merge.seed)
         plan = plan_budget(self.color, self.norm, target, c.by, skip=c.skip, size=self.size,
                            allocation=c.allocation, calibration=calibration)
         merge = CompressConfig(**{**asdict(c.merge), "repair_config": c.merge.repair_config, "layers": plan.layers,
