@@ -53,6 +53,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | N
     info = {"format": "achroma-checkpoint/1", "arch": arch, **(meta or {})}
     if getattr(model, "achroma_surgery", False):  # shapes differ from what `arch` builds
         info.setdefault("surgery", True)
+    grouping = getattr(model, "achroma_grouping", None)  # grouped pointwise convs (achroma.grouping)
+    if grouping:
+        info["grouping"] = grouping
     atomic_write_bytes(weights_path, save(state))
     atomic_write_json(json_path, info)
     return weights_path
@@ -82,6 +85,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         from .surgery import resize_to_state_dict
 
         resize_to_state_dict(model, load_state_dict_file(weights_path))
+    if meta.get("grouping"):  # dense 1x1 convs made grouped: rebuild those layers from their plans
+        from .grouping import rebuild_grouping
+
+        rebuild_grouping(model, meta["grouping"])
     load_weights(model, weights_path)
     return model.to(map_location), meta
 
