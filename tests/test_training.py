@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -121,3 +122,54 @@ def test_ddp_two_cpu_processes_match_a_single_process_step(tmp_path):
     accumulated = _single_process_grads("bn", shards)
     for name, grad in accumulated.items():
         torch.testing.assert_close(ddp["bn"][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
+    from achroma.training import EarlyStopping
+
+    model = torch.nn.Linear(2, 2)
+    stopper = EarlyStopping(patience=2)
+    for epoch, score in enumerate([0.5, 0.7, 0.6, 0.65], start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        stop = stopper.step(score, epoch, model)
+    assert stop and stopper.best_epoch == 2
+    stopper.restore(model)
+    assert torch.all(model.weight == 2)
+    with pytest.raises(ValueError, match="patience"):
+        EarlyStopping(patience=0)
+
+
+def test_train_with_a_validation_split_stops_early_and_restores_the_best(tmp_path):
+    from synthetic import brightness_classes
+
+    train_set, val_set = brightness_classes(64, 0), brightness_classes(32, 1, split="val")
+    model = create_model("resnet-cifar-20", in_chans=1, num_classes=2)
+    config = TrainConfig(epochs=6, batch_size=16, lr=0.0, momentum=0.0, mode="gray", normalize="none",
+                         augment=False, device="cpu", patience=2)
+    history = train(model, train_set, config, val_set=val_set)
+    assert len(history["epochs"]) == 3  # lr 0: no epoch beats the first; stops after 2 more
+    assert history["best_epoch"] == 1
+    with pytest.raises(ValueError, match="validation set"):
+        train(model, train_set, config)
+
+
+@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW),
+                                       ("adadelta", torch.optim.Adadelta)])
+def test_the_optimizer_is_chosen_by_name(name, cls):
+    from achroma.training import make_optimizer
+
+    opt = make_optimizer(torch.nn.Linear(2, 2), TrainConfig(optimizer=name, lr=1.0))
+    assert isinstance(opt, cls)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer(torch.nn.Linear(2, 2), TrainConfig(optimizer="lbfgs"))
+
+
+def test_constant_schedule_and_crops_without_flips():
+    from achroma.data import random_crop_flip
+    from achroma.training import lr_at
+
+    assert lr_at(TrainConfig(lr=1.0, schedule="constant", epochs=3), 2.9) == 1.0
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(random_crop_flip(x, padding=0, generator=g, flip=False), x)  # no shift, never flipped

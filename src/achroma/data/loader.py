@@ -13,14 +13,16 @@ from .color import Normalization, apply_mode, get_normalization
 from .dataset import ImageDataset
 
 
-def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The standard CIFAR augmentation for a whole batch: pad with zeros, crop back at random, flip half."""
+def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None,
+                     flip: bool = True) -> torch.Tensor:
+    """The standard CIFAR augmentation for a whole batch: pad with zeros, crop back at random, flip half
+    (`flip=False`: crop only, for X-rays and documents, where left and right are not interchangeable)."""
     b, c, h, w = x.shape
     dev = x.device
     padded = torch.nn.functional.pad(x, (padding,) * 4)
     oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
     ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(dev)
+    flip = (torch.rand(b, generator=generator) < (0.5 if flip else 0.0)).to(dev)  # same draws either way
     rows = (oy[:, None] + torch.arange(h, device=dev)).view(b, 1, h, 1)
     cols = torch.arange(w, device=dev).expand(b, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols) + ox[:, None]
@@ -49,12 +51,13 @@ class BatchLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        flip: bool = True,
     ):
         self.dataset = dataset
         self.batch_size = batch_size
         self.mode = mode
         self.normalize = get_normalization(normalize)
-        self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
+        self.shuffle, self.augment, self.drop_last, self.flip = shuffle, augment, drop_last, flip
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
@@ -86,7 +89,7 @@ class BatchLoader:
         """uint8 batch -> float, augmented if asked, in the loader's mode, normalized."""
         x = images.float().div_(255)
         if self.augment:
-            x = random_crop_flip(x, generator=generator)
+            x = random_crop_flip(x, generator=generator, flip=self.flip)
         return self.normalize(apply_mode(x, self.mode))
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Generator]]:

@@ -11,7 +11,7 @@ from ..progress import progress as progress_bar
 
 from ..data import ImageDataset, Normalization, get_normalization, mode_channels
 from ..io import save_checkpoint
-from ..training import TrainConfig, evaluate, first_conv_in_channels, lr_at, make_optimizer, train_step
+from ..training import EarlyStopping, TrainConfig, evaluate, first_conv_in_channels, lr_at, make_optimizer, train_step
 from .losses import LOSSES, distillation_loss
 from .pairs import PairedBatchLoader
 
@@ -32,6 +32,7 @@ def distill(
     out_dir: str | Path | None = None,
     evaluate_teacher: bool = True,
     progress: bool = True,
+    val_set: ImageDataset | None = None,
 ) -> dict:
     """Train `student` in place to match `teacher` (eval mode, no gradients) and return the history.
 
@@ -41,7 +42,11 @@ def distill(
     reduces to gray by luma weights). `loss`: 'mse' (the seed's logit regression) or 'kd'
     (`hinton_kd` with `T` and soft weight `alpha`). With `out_dir`, the student is saved as
     `out_dir/model.safetensors` + `.json` (mode, normalization, distillation settings, history).
+    With `val_set` the student is scored on it (labels) every epoch; with `config.patience` too, the
+    run stops after that many epochs without a better validation accuracy and keeps the best epoch.
     """
+    if config.patience is not None and val_set is None:
+        raise ValueError("early stopping (patience) needs a validation set")
     if loss not in LOSSES:
         raise ValueError(f"unknown distillation loss {loss!r}; choose {' or '.join(LOSSES)}")
     t_norm = get_normalization(config.normalize if teacher_normalize is None else teacher_normalize)
@@ -56,7 +61,8 @@ def distill(
     optimizer = make_optimizer(student, config)
     loader = PairedBatchLoader(train_set, config.batch_size, teacher_mode=teacher_mode, student_mode=student_mode,
                                teacher_normalize=t_norm, student_normalize=s_norm, shuffle=True,
-                               augment=config.augment, drop_last=True, device=device, seed=config.seed)
+                               augment=config.augment, drop_last=True, device=device, seed=config.seed,
+                               flip=config.flip)
     settings = {"loss": loss, "T": T, "alpha": alpha, "teacher_mode": teacher_mode,
                 "teacher_normalization": t_norm.to_dict(), "teacher_arch": getattr(teacher, "achroma_arch", None)}
     history: dict = {"epochs": [], "config": config.to_dict(), "distillation": settings}
@@ -64,6 +70,7 @@ def distill(
         history["teacher_test_accuracy"] = evaluate(teacher, test_set, mode=teacher_mode, normalize=t_norm,
                                                     device=device, progress=False)["accuracy"]
     steps = len(loader)
+    stopper = EarlyStopping(config.patience)
     for epoch in range(config.epochs):
         loader.set_epoch(epoch)
         student.train()
@@ -79,12 +86,22 @@ def distill(
             bar.set_postfix(loss=f"{value:.4f}")
         record = {"epoch": epoch + 1, "train_loss": total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
                   "seconds": time.time() - t0}
-        if test_set is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+        stop = False
+        if val_set is not None:
+            val = evaluate(student, val_set, mode=student_mode, normalize=s_norm, device=device, progress=False)
+            record.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
+            stop = stopper.step(val["accuracy"], epoch + 1, student)
+        if test_set is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs or stop):
             result = evaluate(student, test_set, mode=student_mode, normalize=s_norm, device=device, progress=False)
             record.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
         history["epochs"].append(record)
         if progress:
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if stop:
+            break
+    if val_set is not None and stopper.best_state is not None:
+        stopper.restore(student)
+        history["best_epoch"], history["best_val_accuracy"] = stopper.best_epoch, stopper.best_score
     if out_dir is not None:
         meta = {"normalization": s_norm.to_dict(), "mode": student_mode,
                 "dataset": {"name": train_set.name,

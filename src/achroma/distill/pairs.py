@@ -10,7 +10,7 @@ from ..data import BatchLoader, ImageDataset, Normalization, apply_mode, get_nor
 
 
 def two_views(images: torch.Tensor, teacher_mode: str, student_mode: str, augment: bool = False,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator | None = None, flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (B, C, H, W) -> (teacher view, student view) as floats in [0, 1], before normalization.
 
     The augmentation (random crop and flip) is applied once, before the mode split, so both views
@@ -18,7 +18,7 @@ def two_views(images: torch.Tensor, teacher_mode: str, student_mode: str, augmen
     """
     x = images.float().div_(255)
     if augment:
-        x = random_crop_flip(x, generator=generator)
+        x = random_crop_flip(x, generator=generator, flip=flip)
     return apply_mode(x, teacher_mode), apply_mode(x, student_mode)
 
 
@@ -41,7 +41,7 @@ class PairedBatchLoader(BatchLoader):
 
     def views(self, images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batch -> (teacher input, student input), each normalized its own way."""
-        xt, xs = two_views(images, self.teacher_mode, self.mode, self.augment, generator)
+        xt, xs = two_views(images, self.teacher_mode, self.mode, self.augment, generator, self.flip)
         return self.teacher_normalize(xt), self.normalize(xs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[override]

@@ -1,5 +1,6 @@
-"""Supervised training: SGD with momentum, cosine or step schedule, CIFAR augmentation, AMP and
-channels_last on CUDA, DDP under torchrun, a checkpoint every epoch and resume from the last."""
+"""Supervised training: SGD with momentum (or AdamW, or the Keras-era Adadelta), cosine, step or
+constant schedule, CIFAR augmentation, early stopping on a validation split, AMP and channels_last on
+CUDA, DDP under torchrun, a checkpoint every epoch and resume from the last."""
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ from ..progress import progress
 from ..data import BatchLoader, ImageDataset, get_normalization
 from ..io import atomic_write_bytes, save_checkpoint
 from .distributed import setup_distributed, unwrap, wrap_model
+from .early_stopping import EarlyStopping
 from .evaluate import evaluate
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,7 +33,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step
+    schedule: str = "cosine"  # cosine | step | constant
     milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of the epochs
     warmup_epochs: float = 0.0
     mode: str = "color"
@@ -42,6 +44,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_every: int = 1
+    optimizer: str = "sgd"  # sgd (momentum, Nesterov) | adamw | adadelta (Keras' classic: rho 0.95, eps 1e-7)
+    patience: int | None = None  # early stopping: epochs without a better validation accuracy (needs val_set)
+    flip: bool = True  # the augmentation's horizontal flip (off for X-rays and documents)
 
     def to_dict(self) -> dict:
         """JSON-ready (tuples become lists), as saved beside checkpoints."""
@@ -60,6 +65,26 @@ def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return loss + reg().to(loss.device) if reg is not None else loss
 
 
+def weighted_classification_loss(weights: torch.Tensor) -> LossFn:
+    """`classification_loss` with per-class weights on the cross-entropy (e.g. for imbalanced classes)."""
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(model(x).float(), y, weight=weights.to(x.device, torch.float32))
+        reg = getattr(unwrap(model), "regularization_loss", None)
+        return loss + reg().to(loss.device) if reg is not None else loss
+
+    return loss_fn
+
+
+def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n / (classes * n_c) per class (scikit-learn's 'balanced'): each class weighs the same in total."""
+    counts = torch.bincount(labels.long(), minlength=num_classes).float()
+    if (counts == 0).any():
+        missing = [i for i, c in enumerate(counts.tolist()) if c == 0]
+        raise ValueError(f"class(es) {missing} have no training image: cannot weight them")
+    return counts.sum() / (num_classes * counts)
+
+
 def lr_at(config: TrainConfig, progress: float) -> float:
     """Learning rate at `progress` epochs into the run (fractional)."""
     if config.warmup_epochs and progress < config.warmup_epochs:
@@ -69,7 +94,9 @@ def lr_at(config: TrainConfig, progress: float) -> float:
     if config.schedule == "step":
         drops = sum(progress >= m * config.epochs for m in config.milestones)
         return config.lr * 0.1 ** drops
-    raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine or step")
+    if config.schedule == "constant":
+        return config.lr
+    raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine, step or constant")
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -83,9 +110,20 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: to
     return loss.item()
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+OPTIMIZERS = ("sgd", "adamw", "adadelta")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer `config.optimizer` names, over every parameter of `model`."""
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adadelta":  # Keras 2's defaults for the classic examples: lr 1.0, rho 0.95, eps 1e-7
+        return torch.optim.Adadelta(params, lr=config.lr, rho=0.95, eps=1e-7, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
 
 
 def train(
@@ -96,11 +134,17 @@ def train(
     out_dir: str | Path | None = None,
     loss_fn: LossFn = classification_loss,
     resume: bool = True,
+    val_set: ImageDataset | None = None,
 ) -> dict:
     """Train `model` in place; with `out_dir`, checkpoint every epoch (`last.*`) and resume from it.
 
-    Returns the history: per-epoch train loss, test accuracy, learning rate and seconds.
+    With `val_set`, every epoch is scored on it; with `config.patience` too, training stops after
+    that many epochs without a better validation accuracy and the best epoch's weights are kept
+    (the test set never chooses). Returns the history: per-epoch train loss, validation and test
+    accuracy, learning rate and seconds; `best_epoch` when a validation set was given.
     """
+    if config.patience is not None and val_set is None:
+        raise ValueError("early stopping (patience) needs a validation set")
     device = config.resolved_device()
     info = setup_distributed(device)
     if device.type == "cuda" and info.world_size > 1:
@@ -126,12 +170,13 @@ def train(
     net = wrap_model(model, info, device)
     loader = BatchLoader(train_set, config.batch_size, mode=config.mode, normalize=config.normalize,
                          shuffle=True, augment=config.augment, drop_last=True, device=device,
-                         seed=config.seed, rank=info.rank, world_size=info.world_size)
+                         seed=config.seed, rank=info.rank, world_size=info.world_size, flip=config.flip)
     steps = len(loader)
     if steps == 0:
         raise ValueError(f"{len(train_set)} training images make no full batch of {config.batch_size}: "
                          "lower the batch size")
     amp = config.amp and cuda
+    stopper = EarlyStopping(config.patience)
     for epoch in range(start_epoch, config.epochs):
         loader.set_epoch(epoch)
         net.train()
@@ -147,7 +192,13 @@ def train(
             bar.set_postfix(loss=f"{loss:.3f}")
         record = {"epoch": epoch + 1, "train_loss": total / steps, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": time.time() - t0}
-        last = epoch + 1 == config.epochs
+        stop = False
+        if val_set is not None:
+            val = evaluate(unwrap(net), val_set, mode=config.mode, normalize=config.normalize, device=device,
+                           progress=False)
+            record.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
+            stop = stopper.step(val["accuracy"], epoch + 1, unwrap(net))
+        last = epoch + 1 == config.epochs or stop
         if test_set is not None and info.is_main and ((epoch + 1) % config.eval_every == 0 or last):
             result = evaluate(unwrap(net), test_set, mode=config.mode, normalize=config.normalize, device=device,
                               progress=False)
@@ -157,6 +208,22 @@ def train(
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             if out is not None:
                 _save_state(out, unwrap(net), optimizer, epoch + 1, history, config, train_set)
+        if stop:
+            if info.is_main:
+                print(f"early stop: no better validation accuracy for {config.patience} epochs")
+            break
+    if val_set is not None and stopper.best_state is not None:
+        stopper.restore(unwrap(net))
+        history["best_epoch"] = stopper.best_epoch
+        history["best_val_accuracy"] = stopper.best_score
+        if test_set is not None and info.is_main:
+            last_record = history["epochs"][-1]
+            if stopper.best_epoch == last_record["epoch"] and "test_accuracy" in last_record:
+                history["best_test_accuracy"] = last_record["test_accuracy"]
+            else:
+                history["best_test_accuracy"] = evaluate(unwrap(net), test_set, mode=config.mode,
+                                                         normalize=config.normalize, device=device,
+                                                         progress=False)["accuracy"]
     if info.is_main and out is not None:
         save_checkpoint(out / "model", unwrap(net), _meta(history, config, train_set))
     return history
