@@ -1,4 +1,5 @@
-"""`achroma evaluate`: accuracy, loss, sample and parameter counts of a model on a data set."""
+"""`achroma evaluate`: accuracy, balanced accuracy, ROC AUC, loss, sample and parameter counts of a model
+on a data set, fed at the input geometry (pad / resize) its checkpoint records."""
 from __future__ import annotations
 
 import json
@@ -18,17 +19,31 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data import load_dataset
+    from ..data import InputGeometry, fit_dataset, load_dataset
+    from ..report.metrics import classification_metrics, predict_proba
     from ..training import evaluate
 
-    model, mode, normalize, _ = resolve_model(args)
-    data = load_dataset(args.dataset, args.split, args.data_dir, args.download)
-    result = evaluate(model, data, mode=mode, normalize=normalize, batch_size=args.batch_size,
-                      device=device(args.device), progress=not args.json)
-    result.update(dataset=data.extra.get("display_name", data.name), split=args.split, mode=mode)
+    model, mode, normalize, meta = resolve_model(args)
+    geometry = InputGeometry.from_dict(meta.get("input"))
+    data = fit_dataset(load_dataset(args.dataset, args.split, args.data_dir, args.download), geometry)
+    dev = device(args.device)
+    result = evaluate(model, data, mode=mode, normalize=normalize, batch_size=args.batch_size, device=dev,
+                      progress=not args.json)
+    probs = predict_proba(model, data, mode, normalize, device=dev)
+    if probs.shape[1] != data.num_classes:
+        raise ValueError(f"the model gives {probs.shape[1]} class scores but {data.extra.get('display_name', data.name)} "
+                         f"has {data.num_classes} classes: a model for another task (`achroma transfer` gives it a "
+                         f"new head)")
+    scores = classification_metrics(probs, data.labels, data.classes)
+    result.update(balanced_accuracy=scores["balanced_accuracy"], auc=scores["auc"], confusion=scores["confusion"],
+                  dataset=data.extra.get("display_name", data.name), split=args.split, mode=mode,
+                  input=geometry.to_dict())
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['dataset']} {args.split} ({mode}): accuracy {result['accuracy']:.4f}, "
+        auc = f"{result['auc']:.4f}" if result["auc"] is not None else "n/a"
+        fit = f", input {geometry.fit} to {geometry.size}" if geometry.fit != "none" else ""
+        print(f"{result['dataset']} {args.split} ({mode}{fit}): accuracy {result['accuracy']:.4f}, "
+              f"balanced accuracy {result['balanced_accuracy']:.4f}, AUC {auc}, "
               f"loss {result['loss']:.4f}, n={result['n']}, params={result['params']:,}")
     return 0

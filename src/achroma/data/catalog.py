@@ -27,6 +27,23 @@ DATASETS = ("cifar10", "fashion-mnist", "pneumoniamnist", "folder:<path>")
 MEDMNIST_URL = "https://zenodo.org/records/10519652/files/{flag}.npz?download=1"
 
 
+def known_caveats(dataset: ImageDataset) -> list[str]:
+    """What is known to be odd about the copy this data set was loaded from (subsets keep the notes),
+    said in every report that uses it."""
+    return list(dataset.extra.get("caveats", []))
+
+
+def _caveats(kind: str, split: str, n: int) -> list[str]:
+    notes = []
+    if kind == "pneumoniamnist" and split == "train" and n == 3882:
+        notes.append("this PneumoniaMNIST training split is partial: 3,882 of the official 4,708 images; the "
+                     "826 missing are all of class 'normal', so 'pneumonia' is over-represented in training "
+                     "(validation and test splits are the official ones)")
+    if kind == "cifar10-jpeg":
+        notes.append("CIFAR-10 (JPEG): a JPEG-compressed copy, harder than the original files")
+    return notes
+
+
 def data_dirs(data_dir: str | Path | None = None) -> list[Path]:
     """The folders searched for data sets, most specific first."""
     dirs = [data_dir, os.environ.get("ACHROMA_DATA_DIR"), "data", Path.cwd().parent / "shared" / "datasets"]
@@ -155,4 +172,5 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     images, labels = splits[split]
     tensor = torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).contiguous()
     return ImageDataset(tensor, torch.from_numpy(np.asarray(labels)), classes, name=name, split=split,
-                        source=str(path), extra={"kind": kind, "display_name": DISPLAY_NAMES.get(kind, name)})
+                        source=str(path), extra={"kind": kind, "display_name": DISPLAY_NAMES.get(kind, name),
+                                                 "caveats": _caveats(kind, split, len(labels))})

@@ -9,6 +9,7 @@ Layers whose channels reach a grouped conv or a channel split merge only cluster
 """
 from .graph import (ChannelConstraints, ChannelUse, Partition, channel_constraints, conv_paths,
                     trace_channel_group, trace_channel_uses)
+from .head import find_classifier, replace_classifier
 from .layers import ChannelMapShortcut, ChannelShuffle, convert_shortcuts, convert_shuffles
 from .merge import cluster_groups, merge_channels
 from .overlap import check_disjoint_groups
@@ -17,5 +18,5 @@ from .reshape import resize_to_state_dict
 
 __all__ = ["ChannelConstraints", "ChannelMapShortcut", "ChannelShuffle", "ChannelUse", "Partition",
            "channel_constraints", "check_disjoint_groups", "cluster_groups", "conv_paths", "convert_shortcuts",
-           "convert_shuffles", "merge_channels", "prune_channels", "pruning_clustering", "resize_to_state_dict",
+           "convert_shuffles", "find_classifier", "merge_channels", "prune_channels", "pruning_clustering", "replace_classifier", "resize_to_state_dict",
            "trace_channel_group", "trace_channel_uses"]

@@ -21,14 +21,12 @@ import torch.nn as nn
 from ..data import ImageDataset, get_normalization
 from ..fold import GRAY_NORMALIZATION, fold_to_gray
 from ..io import load_checkpoint, save_checkpoint
-from ..pipeline import CompressConfig, MergeContext, merge_network, plan_layers, repair_model
-from ..pipeline.allocation import calibration_images
-from ..pipeline.budget import plan_budget
+from ..pipeline import CompressConfig, repair_model
 from ..pipeline.merging import refit_merges
+from ..pipeline.to_budget import merge_to_budget
 from ..pipeline.spec import check_repairs
 from ..progress import progress
 from ..report import count_macs
-from ..report.table import stage_seconds
 from ..training import TrainConfig, count_parameters, evaluate, train
 from .store import PointKey, ResultStore
 
@@ -178,25 +176,10 @@ class Sweep:
 
     def _merge(self, target: float, method: str) -> tuple[nn.Module, dict[str, Any]]:
         c = self.config
-        calibration = None
-        if c.allocation == "sensitivity":
-            calibration = calibration_images(self.train_set, c.merge.seed)
-        plan = plan_budget(self.color, self.norm, target, c.by, skip=c.skip, size=self.size,
-                           allocation=c.allocation, calibration=calibration)
-        merge = CompressConfig(**{**asdict(c.merge), "repair_config": c.merge.repair_config, "layers": plan.layers,
-                                  "keep": plan.keep, "eps": None, "selection": method, "repair": "none",
-                                  "progress": False})
-        plans = plan_layers(self.color, self.norm, self.size, merge)
-        timings: dict[str, float] = {}
-        context = MergeContext(self.color, self.norm, self.size,
-                               torch.zeros(1, 1, self.size, self.size, device=self.device), self.device,
-                               self.train_set)
-        self.log(f"merging for {c.by} {target:g} by {method}: {len(plans)} groups")
-        merged, layers = merge_network(self.gray, plans, merge, context, timings)
-        info = {"macs": count_macs(merged, (1, self.size, self.size)), "widths": plan.widths,
-                "predicted": plan.predicted, "seconds": stage_seconds(timings),
-                "layers": [ly.summary() for ly in layers]}
-        return merged.eval(), info
+        self.log(f"merging for {c.by} {target:g} by {method}")
+        merge = CompressConfig(**{**asdict(c.merge), "repair_config": c.merge.repair_config, "selection": method})
+        return merge_to_budget(self.color, self.norm, self.gray, target, merge, by=c.by, skip=c.skip, size=self.size,
+                               allocation=c.allocation, calibration=self.train_set, device=self.device)
 
     def _scratch(self, target: float) -> tuple[nn.Module, dict[str, Any]]:
         """The compressed architecture (that of the first method's merged model) re-initialized and trained

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 11's table: the resnet-cifar-20 and the demo model (both trained here on color CIFAR-10 (JPEG))
+# transferred to PneumoniaMNIST and Fashion-MNIST four ways, at the same epochs, 1 CPU thread each.
+# Resumable: a run whose report.json exists is skipped. Summarize with scripts/transfer_table.py.
+#   bash scripts/transfer_experiments.sh pneumoniamnist "1 3 10"
+#   bash scripts/transfer_experiments.sh fashion-mnist "1"
+set -euo pipefail
+dataset=${1:?dataset}; epochs=${2:-"1 3 10"}; out=${OUT:-runs/transfer}
+extra=()
+[ "$dataset" = pneumoniamnist ] && extra=(--class-weights balanced)  # the shared copy is 9:1 pneumonia:normal
+declare -A sources=([resnet-cifar-20]=checkpoints/resnet-cifar-20-30ep.safetensors
+                    [demo]=src/achroma/assets/demo-model.safetensors)
+for src in resnet-cifar-20 demo; do
+  for e in $epochs; do
+    for row in scratch gray3 fold merge50; do
+      dir=$out/$dataset/$src/$row-e$e
+      [ -f "$dir/report.json" ] && continue
+      case $row in
+        merge50) start=(--start fold --target-macs 0.5);;
+        *) start=(--start $row);;
+      esac
+      achroma transfer --weights "${sources[$src]}" --dataset "$dataset" --pad 32 --epochs "$e" "${start[@]}" \
+        "${extra[@]}" --threads 1 --out "$dir" --force > "$dir.log" 2>&1 || { echo "failed: $dir (see $dir.log)"; continue; }
+      echo "done: $dir"
+    done
+  done
+done
