@@ -11,7 +11,7 @@ import sys
 from ..deploy.extra import MissingExtraError
 
 #: Subcommand modules, in the order `achroma --help` lists them.
-COMMANDS = ("demo", "compress", "group", "sweep", "train", "evaluate", "fields", "cluster", "distill", "export", "bench")
+COMMANDS = ("demo", "compress", "group", "sweep", "transfer", "train", "evaluate", "fields", "cluster", "distill", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
