@@ -17,7 +17,7 @@ squared weight kept: ``kept = sum of W[o, i]**2 over same-group pairs``, as a sh
   only increase it, so this ends). It is started twice and the better end is kept: from the naive
   groups (so the result is never below the naive order) and from scikit-learn's
   `SpectralCoclustering` (Dhillon 2001; seeded, deterministic) of E, whose unbalanced clusters the
-  first assignment step balances. A weight that is a block diagonal under some hidden channel
+  first assignment step balances (clusters named largest first, as the groups are sized). A weight that is a block diagonal under some hidden channel
   permutation is recovered exactly (kept energy 1): the spectral start finds the blocks, and the
   assignments keep them.
 
@@ -109,7 +109,12 @@ def _spectral_in_labels(energy: np.ndarray, groups: int, seed: int) -> np.ndarra
     except (ValueError, np.linalg.LinAlgError, ArithmeticError):
         return None
     labels = np.asarray(model.column_labels_, dtype=np.int64)
-    return labels if np.all(np.isfinite(labels)) else None
+    # Groups are sized larger first (split_sizes): name the clusters the same way, largest first, so that
+    # with uneven sizes a cluster is not squeezed into a smaller group than it holds.
+    counts = np.bincount(labels, minlength=groups)
+    rank = np.empty(groups, dtype=np.int64)
+    rank[np.argsort(-counts, kind="stable")] = np.arange(groups)
+    return rank[labels]
 
 
 def _alternate(energy: np.ndarray, in_labels: np.ndarray, out_sizes: list[int], in_sizes: list[int],
