@@ -53,7 +53,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | N
     info = {"format": "achroma-checkpoint/1", "arch": arch, **(meta or {})}
     if getattr(model, "achroma_surgery", False):  # shapes differ from what `arch` builds
         info.setdefault("surgery", True)
-    grouping = getattr(model, "achroma_grouping", None)  # grouped pointwise convs (achroma.grouping)
+    grouping = None
+    if getattr(model, "achroma_grouping", None):  # grouped pointwise convs (achroma.grouping), current shapes
+        from .grouping import grouping_meta
+
+        grouping = grouping_meta(model)
     if grouping:
         info["grouping"] = grouping
     atomic_write_bytes(weights_path, save(state))

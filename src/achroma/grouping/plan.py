@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..layers.grouped import grouped_conv_params
+from ..layers.grouped import grouped_conv_params, split_sizes
 
 
 @dataclass
@@ -30,14 +30,24 @@ class LayerPlan:
     naive_kept_energy: float | None = None  # the same for consecutive groups in the original order
     out_pixels: int | None = None  # output height x width at the example input (MACs = weights x pixels)
     extra: dict[str, Any] = field(default_factory=dict)
+    # group sizes when not the default split (a merge through the layer removed channels unevenly)
+    in_splits: list[int] | None = None
+    out_splits: list[int] | None = None
 
     @property
     def dense_params(self) -> int:
         return self.in_channels * self.out_channels + (self.out_channels if self.bias else 0)
 
+    def _weights(self) -> int:
+        if self.in_splits is None and self.out_splits is None:
+            return grouped_conv_params(self.in_channels, self.out_channels, self.groups, False)
+        ins = self.in_splits or split_sizes(self.in_channels, self.groups)
+        outs = self.out_splits or split_sizes(self.out_channels, self.groups)
+        return sum(i * o for i, o in zip(ins, outs))
+
     @property
     def grouped_params(self) -> int:
-        return grouped_conv_params(self.in_channels, self.out_channels, self.groups, self.bias)
+        return self._weights() + (self.out_channels if self.bias else 0)
 
     @property
     def dense_macs(self) -> int | None:
@@ -45,11 +55,14 @@ class LayerPlan:
 
     @property
     def grouped_macs(self) -> int | None:
-        weights = grouped_conv_params(self.in_channels, self.out_channels, self.groups, False)
-        return None if self.out_pixels is None else weights * self.out_pixels
+        return None if self.out_pixels is None else self._weights() * self.out_pixels
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("in_splits", "out_splits"):  # written only when set (merged through the layer)
+            if d[key] is None:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LayerPlan":

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch.nn as nn
 
-from ..layers.grouped import group_count
+from ..layers.grouped import group_count, split_sizes
 from .find import find_pointwise_convs
 from .module import PermutedGroupedConv
 from .order import channel_order, energy_matrix, naive_order
@@ -68,7 +68,8 @@ def _build(plan: LayerPlan, like: nn.Module) -> PermutedGroupedConv:
     ref = next(like.parameters(), None)
     kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
     return PermutedGroupedConv(plan.in_channels, plan.out_channels, plan.groups, bias=plan.bias, stride=plan.stride,
-                               in_perm=plan.in_perm, out_perm=plan.out_perm, **kw).train(like.training)
+                               in_perm=plan.in_perm, out_perm=plan.out_perm, in_splits=plan.in_splits,
+                               out_splits=plan.out_splits, **kw).train(like.training)
 
 
 def _record(model: nn.Module, plans: Sequence[LayerPlan]) -> None:
@@ -105,5 +106,30 @@ def rebuild_grouping(model: nn.Module, plans: Sequence[LayerPlan | dict[str, Any
 
 
 def grouping_meta(model: nn.Module) -> list[dict[str, Any]] | None:
-    """The plans a grouped model carries (for the checkpoint JSON), or None."""
-    return getattr(model, ATTR, None) or None
+    """The plans a grouped model carries (for the checkpoint JSON), or None.
+
+    Shapes, permutations and group sizes are read back from the layers themselves, so a model
+    merged after grouping (`achroma compress`: channels removed through the grouped convs) is
+    rebuilt with the shapes it has now, not those it was grouped with.
+    """
+    plans = getattr(model, ATTR, None)
+    if not plans:
+        return None
+    out = []
+    for plan in plans:
+        plan = dict(plan)
+        try:
+            module = model.get_submodule(plan["layer"])
+        except AttributeError:
+            module = None
+        if isinstance(module, PermutedGroupedConv):
+            plan.update(in_channels=module.in_channels, out_channels=module.out_channels,
+                        in_perm=module.input_permutation(), out_perm=module.output_permutation())
+            plan.pop("in_splits", None)
+            plan.pop("out_splits", None)
+            if module.conv.in_splits != split_sizes(module.in_channels, module.groups):
+                plan["in_splits"] = list(module.conv.in_splits)
+            if module.conv.out_splits != split_sizes(module.out_channels, module.groups):
+                plan["out_splits"] = list(module.conv.out_splits)
+        out.append(plan)
+    return out

@@ -141,25 +141,36 @@ def get_act_layer(name: str | ActLayer | None) -> ActLayer:
 
 # ---- layers --------------------------------------------------------------------------------------
 
+def _given_splits(splits: Sequence[int] | None, channels: int, groups: int, name: str) -> list[int]:
+    if splits is None:
+        return split_sizes(channels, groups)
+    splits = [int(v) for v in splits]
+    if len(splits) != groups or sum(splits) != channels or min(splits) < 1:
+        raise ValueError(f"{name} must be {groups} positive sizes adding up to {channels}, got {splits}")
+    return splits
+
+
 class GroupedPointwiseConv(nn.Module):
     """A 1x1 conv split into `groups` parallel groups of consecutive channels; any group count.
 
-    Group i maps input channels `in_splits[i]` to output channels `out_splits[i]` (sizes differ by at
-    most one, larger first). Groups of equal shape run as one grouped `nn.Conv2d`, so a count that
+    Group i maps input channels `in_splits[i]` to output channels `out_splits[i]` (by default sizes
+    differing by at most one, larger first; explicit `in_splits`/`out_splits` give any positive
+    sizes, as merging channels through the layer leaves them). Groups of equal shape run as one grouped `nn.Conv2d`, so a count that
     divides both sides is a single `nn.Conv2d(groups=g)` (`convs.0`), and any other count is at most
     three of them on consecutive channel slices. `groups=1` is an ordinary dense 1x1 conv.
     """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int = 1, bias: bool = False,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                 in_splits: Sequence[int] | None = None, out_splits: Sequence[int] | None = None):
         super().__init__()
         groups = int(groups)
         if not 1 <= groups <= min(in_channels, out_channels):
             raise ValueError(f"groups must be in 1..{min(in_channels, out_channels)} for {in_channels} -> "
                              f"{out_channels} channels, got {groups}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.in_splits = split_sizes(in_channels, groups)
-        self.out_splits = split_sizes(out_channels, groups)
+        self.in_splits = _given_splits(in_splits, in_channels, groups, "in_splits")
+        self.out_splits = _given_splits(out_splits, out_channels, groups, "out_splits")
         runs: list[list[int]] = []  # [group count, in per group, out per group] of each run of equal groups
         for i_size, o_size in zip(self.in_splits, self.out_splits):
             if runs and runs[-1][1:] == [i_size, o_size]:
