@@ -23,7 +23,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..models.inspect import conv_layer_names, resolve_conv
+from ..grouping.module import PermutedGroupedConv
+from ..models.inspect import conv_layer_names
+from ..models.inspect import resolve_conv as _resolve_conv
 from .layers import ChannelMapShortcut, convert_shortcuts, convert_shuffles, customized_pruners, dense_shortcuts
 
 Role = Literal["producer", "consumer"]
@@ -148,6 +150,31 @@ def _fix_split_mappings(dg: tp.DependencyGraph) -> None:
                     dep.index_mapping[0] = _SplitIndexMapping(offset=offsets[k:k + 2], reverse=True)
 
 
+def grouped_owner(model: nn.Module, path: str) -> str | None:
+    """The path of the PermutedGroupedConv (`achroma group`) that `path` lies inside, or None."""
+    parts = path.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        owner = ".".join(parts[:k])
+        try:
+            module = model.get_submodule(owner)
+        except AttributeError:
+            continue
+        if isinstance(module, PermutedGroupedConv):
+            return owner
+    return None
+
+
+def resolve_conv(model: nn.Module, path: str) -> nn.Conv2d:
+    """models.inspect.resolve_conv, refusing the convs inside a grouped pointwise conv (clear ValueError)."""
+    conv = _resolve_conv(model, path)
+    owner = grouped_owner(model, path)
+    if owner is not None:
+        raise ValueError(f"layer {path!r} is part of the grouped pointwise conv {owner!r} (achroma group): merging its "
+                         "filters is not supported (their order and groups are the grouped conv's); merge before "
+                         "grouping, or merge the layers that feed it")
+    return conv
+
+
 def prepare_for_surgery(model: nn.Module) -> nn.Module:
     """In place: option-A shortcuts become channel maps, ShuffleNet shuffles explicit routings (both exact)."""
     return convert_shuffles(convert_shortcuts(model))
@@ -185,7 +212,7 @@ def _role(dg: tp.DependencyGraph, module: nn.Module, handler, path: str) -> Role
             return "producer"  # depthwise: channel c in -> channel c out, its filter is per channel
         # plain and grouped convs; grouped ones constrain the clustering (ChannelConstraints)
         return "producer" if dg.is_out_channel_pruning_fn(handler) else "consumer"
-    if isinstance(module, (nn.Linear, ChannelMapShortcut)):
+    if isinstance(module, (nn.Linear, ChannelMapShortcut, PermutedGroupedConv)):
         return "producer" if dg.is_out_channel_pruning_fn(handler) else "consumer"
     has_state = any(True for _ in module.parameters(recurse=False)) or any(
         b.is_floating_point() for b in module.buffers(recurse=False))
@@ -250,6 +277,10 @@ def channel_uses(dg: tp.DependencyGraph, model: nn.Module, conv: nn.Module) -> l
     """Every module touched by `conv`'s output channels, with its role and root -> local index map."""
     names: dict[Any, str] = {m: n for n, m in model.named_modules()}
     names.update({p: n for n, p in model.named_parameters()})
+    if conv not in dg.module2node:
+        path = names.get(conv, type(conv).__name__)
+        resolve_conv(model, path)  # a conv inside a grouped pointwise conv: say so
+        raise ValueError(f"layer {path!r} is not reached by a forward pass of the example input")
 
     def path_of(module) -> str:
         return names.get(module, type(module).__name__)
@@ -354,6 +385,15 @@ def constraints_of(dg: tp.DependencyGraph, model: nn.Module, conv: nn.Module, la
     result = ChannelConstraints(layer, conv.out_channels)
     for use in uses:
         module = modules.get(use.path)
+        if isinstance(module, PermutedGroupedConv) and module.groups > 1:
+            # a cluster stays within one group (found through the permutation); groups may shrink
+            # unequally (the layer takes any group sizes), so the partition is not balanced
+            side = "input" if use.role == "consumer" else "output"
+            slot = module.input_slot if use.role == "consumer" else module.output_slot
+            result.partitions.append(Partition(
+                use.path, f"groups ({side} channels) of grouped pointwise conv (groups={module.groups}, permuted)",
+                module.groups, False, {root: slot(slots[0])[0] for root, slots in use.index.items()}))
+            continue
         if not is_grouped(module):
             continue
         width = (module.in_channels if use.role == "consumer" else module.out_channels) // module.groups

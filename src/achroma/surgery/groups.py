@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..grouping.module import PermutedGroupedConv
 from ..models.inspect import conv_forward_order
 from .graph import ChannelUse, build_graph, channel_uses
 from .layers import convert_shortcuts
@@ -70,6 +71,10 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
                    and not _is_depthwise(work.get_submodule(u.path))]
         writers = [p for p in order if p in set(writers)] or [path]
         covered.update(writers)
+        for u in uses:  # a grouped pointwise conv writing the group: its inner convs are not groups of their own
+            module = work.get_submodule(u.path)
+            if u.role == "producer" and isinstance(module, PermutedGroupedConv):
+                covered.update(f"{u.path}.{name}" for name, m in module.named_modules() if isinstance(m, nn.Conv2d))
         if not any(u.role == "consumer" for u in uses):  # nothing reads them: the model's outputs (classes)
             groups.append(ChannelGroup(path, writers, conv.out_channels, refused="its channels are the model's outputs"))
             continue

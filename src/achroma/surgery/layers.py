@@ -25,6 +25,7 @@ from torch_pruning.pruner.function import BasePruningFunc, ConvPruner
 from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleNetBlock
 
 from ..fold.border import BorderCorrectedConv2d, _identity, exporting
+from ..grouping.module import PermutedGroupedConv, dense_grouped
 from ..models.resnet_cifar import PadShortcut
 
 
@@ -33,10 +34,11 @@ _DENSE = contextvars.ContextVar("achroma_dense_shortcuts", default=False)
 
 @contextlib.contextmanager
 def dense_shortcuts() -> Iterator[None]:
-    """Within this block every ChannelMapShortcut runs as one dense op (for the graph tracer)."""
+    """Within this block every ChannelMapShortcut and PermutedGroupedConv runs as one dense op (for the tracer)."""
     token = _DENSE.set(True)
     try:
-        yield
+        with dense_grouped():
+            yield
     finally:
         _DENSE.reset(token)
 
@@ -168,10 +170,36 @@ class BorderConvPruner(ConvPruner):
         return layer
 
 
+class PermutedGroupedPruner(BasePruningFunc):
+    """`achroma group`'s grouped 1x1 conv, seen from outside as a dense conv in the original channel order.
+
+    Torch-Pruning cannot map channels through its gather, grouped conv and scatter (it took the
+    gather for an element-wise op, so channel c was read as grouped-conv position c: wrong groups,
+    wrong slices). Traced under `dense_shortcuts` it is one conv; removing original input channel c
+    drops c from the gather (renumbering in_perm) and its column from the group that reads it,
+    output channels likewise. Inputs and outputs are not coupled. Every group must lose equally
+    (`ChannelConstraints` has a partition for it; `remove_channels` checks again).
+    """
+
+    TARGET_MODULES = PermutedGroupedConv
+
+    def prune_out_channels(self, layer: PermutedGroupedConv, idxs: Sequence[int]) -> nn.Module:
+        return layer.remove_channels(idxs, "out")
+
+    def prune_in_channels(self, layer: PermutedGroupedConv, idxs: Sequence[int]) -> nn.Module:
+        return layer.remove_channels(idxs, "in")
+
+    def get_out_channels(self, layer: PermutedGroupedConv) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: PermutedGroupedConv) -> int:
+        return layer.in_channels
+
+
 def customized_pruners() -> dict[type, BasePruningFunc]:
     """Fresh pruner instances for the layer types the dependency graph needs told about."""
     return {ChannelMapShortcut: ChannelMapPruner(), ChannelShuffle: ChannelMapPruner(),
-            BorderCorrectedConv2d: BorderConvPruner()}
+            BorderCorrectedConv2d: BorderConvPruner(), PermutedGroupedConv: PermutedGroupedPruner()}
 
 
 # ShuffleNet v2's channel shuffle ------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..grouping.module import PermutedGroupedConv
 from .graph import (ChannelUse, build_graph, channel_uses, constraints_of, is_grouped, prepare_for_surgery,
                     resolve_conv)
 from .layers import restore_plain_shuffles
@@ -136,6 +137,34 @@ def _fold_grouped_consumer(conv: nn.Conv2d, use: ChannelUse, groups: list[tuple[
         rows[:, use.index[rep][0] % per] = value[:, 0].to(weight.dtype)
 
 
+@torch.no_grad()
+def _fold_permuted_grouped(module: PermutedGroupedConv, use: ChannelUse, groups: list[tuple[int, list[int]]],
+                           scale: dict[int, torch.Tensor] | None) -> None:
+    """`_fold_use` for a PermutedGroupedConv: within the one group that holds a cluster's members.
+
+    Consumer: the members' columns (original input channels, found through in_perm) are summed
+    into the representative's column; producer: their rows (through out_perm) are averaged into
+    the representative's row, bias too. ChannelConstraints.check has put each cluster in one group.
+    """
+    blocks = module.group_blocks()
+    slot = module.input_slot if use.role == "consumer" else module.output_slot
+    for rep, members in _visible(use, groups):
+        places = [slot(use.index[m][0]) for m in members]
+        if len({g for g, _ in places}) != 1:
+            raise ValueError(f"{use.path}: the cluster of channels {members} spans several groups of the grouped "
+                             "pointwise conv; a merged channel must stay within one group")
+        g, rep_local = slot(use.index[rep][0])
+        weight, bias = blocks[g]
+        r = member_scales(scale, members, weight)
+        locals_ = [[local] for _, local in places]
+        if use.role == "consumer":
+            weight[:, rep_local] = merge_consumer(weight, 1, locals_, r)[:, 0].to(weight.dtype)
+        else:
+            weight[rep_local] = merge_linear(weight, 0, locals_, r)[0].to(weight.dtype)
+            if bias is not None:
+                bias[rep_local] = merge_linear(bias, 0, locals_, r)[0].to(bias.dtype)
+
+
 def _grouped_consumer_weights(modules: dict[str, nn.Module], uses: list[ChannelUse],
                               removed: list[int]) -> dict[str, torch.Tensor]:
     """The weights grouped consumer convs must have once `removed` root channels are gone.
@@ -193,7 +222,9 @@ def merge_channels(
         scales, reads = channel_scales(dg, uses, modules)
         for use in uses:
             scale = scales.get(use.path) or scales.get(reads.get(use.path, ""))
-            if use.role == "consumer" and is_grouped(modules[use.path]):
+            if isinstance(modules[use.path], PermutedGroupedConv):
+                _fold_permuted_grouped(modules[use.path], use, groups, scale)
+            elif use.role == "consumer" and is_grouped(modules[use.path]):
                 _fold_grouped_consumer(modules[use.path], use, groups, scale)
             else:
                 _fold_use(modules[use.path], use, groups, scale)

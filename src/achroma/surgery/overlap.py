@@ -17,7 +17,13 @@ from .layers import convert_shortcuts
 
 
 def check_disjoint_groups(model: nn.Module, paths: Sequence[str], example_input: Any) -> None:
-    """ValueError naming two of `paths` that write the same channel group (one trace of the model)."""
+    """ValueError naming two of `paths` that write the same channel group (one trace of the model).
+
+    Also refuses at once a path that cannot be merged at all for what it is (a conv inside a
+    grouped pointwise conv), before any fields are computed for it.
+    """
+    for path in paths:
+        resolve_conv(model, path)
     if len(paths) < 2:
         return
     work = convert_shortcuts(copy.deepcopy(model))
