@@ -74,7 +74,7 @@ def headline(found: list[dict]) -> None:
         b = got["fold"] - got["merge50"] <= 0.01
         print(f"- {source}, {epochs} epoch(s): (3) {got['fold']:.4f} and (4) {got['merge50']:.4f} vs (1) "
               f"{got['scratch']:.4f}: {'reached' if a else 'NOT reached'}; (4) vs (3): "
-              f"{(got['merge50'] - got['fold']) * 100:+.2f} points: {'within 1 point' if b else 'NOT within 1 point'}")
+              f"{(got['merge50'] - got['fold']) * 100:+.2f} points: {'at most 1 point below (3): reached' if b else 'more than 1 point below (3): NOT reached'}")
 
 
 def main() -> None:
