@@ -228,10 +228,12 @@ def test_a_merged_then_grouped_model_saves_and_reloads(tmp_path):
 def test_group_command_end_to_end_on_the_demo_model(tmp_path, capsys):
     out = tmp_path / "grouped"
     args = ["group", "--weights", str(DEMO), "--dataset", DEMO_DATA, "--test-limit", "3", "--calib-limit", "4",
-            "--repair", "distill", "--batch-size", "8", "--threads", "1", "--quiet", "--out", str(out)]
+            "--repair", "distill", "--batch-size", "8", "--threads", "1", "--quiet", "--out", str(out),
+            "--display-name", "Demo CIFAR"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| dense | color | none |" in printed and "kept energy (naive order)" in printed
+    assert "on Demo CIFAR" in printed and "demo-cifar10-jpeg.tar.gz\n" not in printed.split("## Layers")[0]
     report = json.loads((out / "report.json").read_text())
     assert [r["key"] for r in report["rows"]] == ["dense", "grouped", "grouped-naive", "grouped+distill"]
     assert report["totals"]["closed_form_matches"] and report["totals"]["layers"] == 2

@@ -44,6 +44,8 @@ def register(sub) -> None:
     p.add_argument("--dataset", default=None, help="cifar10 | fashion-mnist | folder:PATH | tar:PATH: accuracy before "
                    "and after, and the repair's images (default: none, costs only)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--display-name", default=None, help="the data set's name in the report (default: the loader's; "
+                   "for folder:/tar: data, its path), as compress's --display-name")
     p.add_argument("--download", action="store_true")
     p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class")
     p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class")
@@ -125,6 +127,9 @@ def run(args) -> int:
     if args.dataset:
         train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
         test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
+        if args.display_name:
+            for data in (train_set, test_set):
+                data.extra["display_name"] = args.display_name
         if args.calib_limit:
             train_set = train_set.stratified_subset(args.calib_limit, seed=args.seed)
         if args.test_limit:
