@@ -200,3 +200,22 @@ def test_compress_merges_a_layer_upstream_of_a_grouped_conv(tmp_path, capsys):
     bad[bad.index("features.0.0.conv")] = "features.1.conv.conv.convs.0"
     assert main(bad) == 2
     assert "part of the grouped pointwise conv" in capsys.readouterr().err
+
+
+# ---- whole-network budgets ------------------------------------------------------------------------
+
+def test_the_budget_cost_model_counts_the_grouped_convs_weights_with_the_groups_that_reach_them():
+    from achroma.pipeline.budget import width_cost
+
+    model = grouped_demo()
+    x = torch.zeros(1, 3, 32, 32)
+    groups = channel_groups(model, x)
+    cost = width_cost(model, groups, (3, 32, 32))
+    assert cost.full["params"] == sum(p.numel() for p in model.parameters())
+    transition = model.get_submodule("features.1.conv")
+    by_group: dict[int, list[int]] = {}
+    for c in range(12):  # features.0.0.conv's channels are the transition's inputs 24..35
+        by_group.setdefault(transition.input_slot(24 + c)[0], []).append(c)
+    keep = sorted(c for members in by_group.values() for c in members[:2])
+    pruned = prune_channels(model, "features.0.0.conv", keep, x)
+    assert cost.cost({"features.0.0.conv": len(keep)})["params"] == sum(p.numel() for p in pruned.parameters())

@@ -14,6 +14,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn as nn
 
+from ..grouping.module import PermutedGroupedConv
 from ..surgery.groups import ChannelGroup
 
 Target = Literal["params", "macs"]
@@ -64,10 +65,18 @@ class WidthCost:
         return self.cost({})
 
 
-def _module_dims(module: nn.Module, path: str, groups: Sequence[ChannelGroup]) -> tuple[_Dim | None, _Dim | None]:
-    """(output dimension, input dimension) of a layer with the groups' shares of each."""
+def _module_dims(module: nn.Module, path: str, groups: Sequence[ChannelGroup],
+                 owner: nn.Module | None = None) -> tuple[_Dim | None, _Dim | None]:
+    """(output dimension, input dimension) of a layer with the groups' shares of each.
+
+    `owner`: the PermutedGroupedConv (achroma group) that the conv at `path` (the owner's path
+    then) lies inside; the groups reach the owner, in the original channel order. Its convs are
+    scaled by the owner's shares: exact while its groups shrink in proportion, else an estimate.
+    """
     widths = {"out": None, "in": None}
-    if isinstance(module, nn.Conv2d):
+    if owner is not None:
+        widths = {"out": owner.out_channels, "in": owner.in_channels}
+    elif isinstance(module, nn.Conv2d):
         widths = {"out": module.out_channels, "in": module.in_channels}
     elif isinstance(module, nn.Linear):
         widths = {"out": module.out_features, "in": module.in_features}
@@ -100,8 +109,13 @@ def width_cost(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tu
     counter = run_flop_counter(model, input_shape)
     root = type(model).__name__  # FlopCounterMode names modules '<root class>.<path>'
     per_module = {k[len(root) + 1:]: v for k, v in counter.get_flop_counts().items() if k.startswith(root + ".")}
+    owners = {f"{path}.{name}": (path, m) for path, m in model.named_modules() if isinstance(m, PermutedGroupedConv)
+              for name, _ in m.named_modules() if name}
     for path, module in model.named_modules():
-        out_dim, in_dim = _module_dims(module, path, usable)
+        if path in owners:  # a conv inside a grouped pointwise conv: the groups reach the owner
+            out_dim, in_dim = _module_dims(module, owners[path][0], usable, owners[path][1])
+        else:
+            out_dim, in_dim = _module_dims(module, path, usable)
         for t in module.parameters(recurse=False):
             wc.params.append(_Term(float(t.numel()), _scaling(module, out_dim, in_dim, t.ndim)))
         if isinstance(module, (nn.Conv2d, nn.Linear)) and path in per_module:
