@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ACHROMA_DATA_DIR", REPO.parent / "shared" / "datasets"))
@@ -22,3 +23,12 @@ requires_data = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA_DIR
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (what the CLI's --threads 1 does), then restore the setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,12 +17,7 @@ from achroma.models import create_model
 from achroma.training import TrainConfig, count_parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _color_set(n: int = 64, size: int = 12, classes: int = 4, seed: int = 0) -> ImageDataset:

@@ -27,12 +27,7 @@ DEMO = ASSETS / "demo-model.safetensors"
 DEMO_DATA = f"tar:{ASSETS / 'demo-cifar10-jpeg.tar.gz'}"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grouped_demo() -> nn.Module:

@@ -6,10 +6,6 @@ Tiny inputs throughout (16x16 or 32x32 images, a handful of them).
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from achroma.cli import main
-from achroma.data import BatchLoader, ImageDataset
+from achroma.data import BatchLoader
 from achroma.grouping import (PermutedGroupedConv, apply_grouping, energy_order, find_pointwise_convs, kept_energy,
                               naive_order, plan_grouping)
 from achroma.io import load_checkpoint, save_checkpoint
@@ -27,6 +23,8 @@ from achroma.layers import grouped_conv_params
 from achroma.models import create_model
 from achroma.report import count_macs
 from achroma.training import classification_loss
+
+from ddp_launch import run_ddp, tiny_batch
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "achroma" / "assets"
 DEMO = ASSETS / "demo-model.safetensors"
@@ -62,12 +60,7 @@ def randomize_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the layer ------------------------------------------------------------------------------------
@@ -258,12 +251,6 @@ def test_group_command_end_to_end_on_the_demo_model(tmp_path, capsys):
 
 # ---- training: the CLI's train and DDP -----------------------------------------------------------
 
-def ddp_batch(n: int = 8) -> ImageDataset:
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-    return ImageDataset(images, torch.arange(n) % 3, ["a", "b", "c"], name="tiny")
-
-
 def ddp_models() -> dict[str, nn.Module]:
     """kdensenet-bc-40 (grouped by construction) and densenet-bc-40 grouped by the transform."""
     torch.manual_seed(0)
@@ -274,18 +261,8 @@ def ddp_models() -> dict[str, nn.Module]:
 
 
 def test_ddp_accepts_grouped_models_and_matches_per_shard_gradients(tmp_path):
-    out = tmp_path / "grads.pt"
-    worker = Path(__file__).with_name("ddp_group_worker.py")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", str(worker), str(out)]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ddp = torch.load(out, weights_only=True)
-    loader = BatchLoader(ddp_batch(), batch_size=8, normalize="cifar")
+    ddp = run_ddp("grouped", tmp_path / "grads.pt")
+    loader = BatchLoader(tiny_batch(), batch_size=8, normalize="cifar")
     x, y = next(iter(loader))
     for kind, model in ddp_models().items():  # BN on CPU normalizes each shard: accumulate over the shards
         total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}

@@ -1,12 +1,6 @@
 """Training: steps lower the loss, schedules, resume, and DDP gradients equal single-process ones."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
@@ -15,11 +9,7 @@ from achroma.data import BatchLoader, ImageDataset
 from achroma.models import create_model
 from achroma.training import TrainConfig, classification_loss, evaluate, lr_at, train
 
-
-def make_batch_dataset(n: int = 8) -> ImageDataset:
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
-    return ImageDataset(images, torch.arange(n) % 3, ["a", "b", "c"], name="tiny")
+from ddp_launch import run_ddp, tiny_batch
 
 
 def make_model(kind: str) -> nn.Module:
@@ -78,7 +68,7 @@ def test_seed_densenet_l1_penalty_enters_the_loss():
 def test_evaluate_refuses_a_channel_mismatch():
     model = create_model("resnet-cifar-20", in_chans=1)
     try:
-        evaluate(model, make_batch_dataset(), mode="color", progress=False)
+        evaluate(model, tiny_batch(), mode="color", progress=False)
     except ValueError as err:
         assert "--mode gray" in str(err)
     else:
@@ -88,7 +78,7 @@ def test_evaluate_refuses_a_channel_mismatch():
 def _single_process_grads(kind: str, shards: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Mean of per-shard gradients: what DDP computes (BN statistics are per process on CPU)."""
     model = make_model(kind)
-    loader = BatchLoader(make_batch_dataset(), batch_size=8, normalize="cifar")
+    loader = BatchLoader(tiny_batch(), batch_size=8, normalize="cifar")
     x, y = next(iter(loader))
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for idx in shards:
@@ -100,19 +90,7 @@ def _single_process_grads(kind: str, shards: list[torch.Tensor]) -> dict[str, to
 
 
 def test_ddp_two_cpu_processes_match_a_single_process_step(tmp_path):
-    out = tmp_path / "grads.pt"
-    worker = Path(__file__).with_name("ddp_worker.py")
-    # A port that was free a moment ago on the loopback interface, rather than --standalone's
-    # rendezvous, which failed once under load; gloo is told to stay on the loopback too.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", str(worker), str(out)]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ddp = torch.load(out, weights_only=True)
+    ddp = run_ddp("training", tmp_path / "grads.pt")
     shards = [torch.arange(0, 8, 2), torch.arange(1, 8, 2)]  # how BatchLoader shards 8 images over 2 ranks
     # Without batch statistics, DDP equals one step on the whole batch.
     full = _single_process_grads("no-bn", [torch.arange(8)])

@@ -77,6 +77,18 @@ def load_train_test(args):
     return train_set, test_set
 
 
+def limit_calibration_and_test(args, train_set, test_set):
+    """--display-name on both sets, then --calib-limit / --test-limit images of each class (seeded)."""
+    if getattr(args, "display_name", None):
+        for data in (train_set, test_set):
+            data.extra["display_name"] = args.display_name
+    if getattr(args, "calib_limit", None):
+        train_set = train_set.stratified_subset(args.calib_limit, seed=args.seed)
+    if getattr(args, "test_limit", None):
+        test_set = test_set.stratified_subset(args.test_limit, seed=args.seed)
+    return train_set, test_set
+
+
 def train_config(args, mode: str, normalize):
     """A `TrainConfig` from the arguments of `add_optimizer_args`."""
     from ..training import TrainConfig

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from ..pipeline.config import SELECTIONS
-from .common import add_field_variant_args, add_model_args, check_out_dir, field_variants, resolve_model
+from .common import (add_field_variant_args, add_model_args, check_out_dir, field_variants,
+                     limit_calibration_and_test, resolve_model)
 
 
 def register(sub) -> None:
@@ -179,13 +180,7 @@ def run(args) -> int:
     given = _load_clusterings(args.clustering, paths)
     for name, values in (("--eps", args.eps), ("--keep", args.keep)):
         per_layer(values, len(paths), name, float)
-    if args.display_name:
-        for data in (train_set, test_set):
-            data.extra["display_name"] = args.display_name
-    if args.calib_limit:
-        train_set = train_set.stratified_subset(args.calib_limit, seed=args.seed)
-    if args.test_limit:
-        test_set = test_set.stratified_subset(args.test_limit, seed=args.seed)
+    train_set, test_set = limit_calibration_and_test(args, train_set, test_set)
 
     config = RepairConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.repair_batch_size,
                           stats_augment=not args.no_stats_augment, distill_lr=args.distill_lr,

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import add_model_args, check_out_dir, device, resolve_model
+from .common import add_model_args, check_out_dir, device, limit_calibration_and_test, resolve_model
 
 
 def register(sub) -> None:
@@ -127,13 +127,7 @@ def run(args) -> int:
     if args.dataset:
         train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
         test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
-        if args.display_name:
-            for data in (train_set, test_set):
-                data.extra["display_name"] = args.display_name
-        if args.calib_limit:
-            train_set = train_set.stratified_subset(args.calib_limit, seed=args.seed)
-        if args.test_limit:
-            test_set = test_set.stratified_subset(args.test_limit, seed=args.seed)
+        train_set, test_set = limit_calibration_and_test(args, train_set, test_set)
     size = args.size or (int(test_set.images.shape[-1]) if test_set is not None else 32)
     plans = plan_grouping(dense, args.min_channels, args.order, args.rule, args.groups, size=size, seed=args.seed)
     if not plans:

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from ..pipeline.config import SELECTIONS
-from .common import add_field_variant_args, add_model_args, check_out_dir, field_variants, resolve_model
+from .common import (add_field_variant_args, add_model_args, check_out_dir, field_variants,
+                     limit_calibration_and_test, resolve_model)
 
 
 def register(sub) -> None:
@@ -87,13 +88,7 @@ def run(args) -> int:
     model, _, normalize, _ = resolve_model(args)
     train_set = load_dataset(args.dataset, "train", args.data_dir)
     test_set = load_dataset(args.dataset, "test", args.data_dir)
-    if args.display_name:
-        for data in (train_set, test_set):
-            data.extra["display_name"] = args.display_name
-    if args.calib_limit:
-        train_set = train_set.stratified_subset(args.calib_limit, seed=args.seed)
-    if args.test_limit:
-        test_set = test_set.stratified_subset(args.test_limit, seed=args.seed)
+    train_set, test_set = limit_calibration_and_test(args, train_set, test_set)
     by, targets = ("macs", args.target_macs) if args.target_macs else ("params", args.target_params)
     merge = CompressConfig(metric=args.metric, cluster_method=args.cluster,
                            repair_config=RepairConfig(epochs=args.epochs, batch_size=args.repair_batch_size),
