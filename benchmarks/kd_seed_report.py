@@ -149,8 +149,9 @@ def plot(c: dict, t_params: int, t_acc: float, e2e: list[dict], path: Path) -> N
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("test accuracy (Fashion-MNIST)")
-    ax.set_title("The Keras KD seed's recipe on Fashion-MNIST: students to convergence (mean, min-max of 3 seeds)",
-                 fontsize=9)
+    seeds = max(v["seeds"] for points in c.values() for v in points.values())
+    ax.set_title(f"The Keras KD seed's recipe on Fashion-MNIST: students to convergence (mean, min-max of {seeds} "
+                 f"seed{'s' if seeds > 1 else ''})", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
