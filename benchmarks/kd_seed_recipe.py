@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="train on N images per class (smoke runs)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plot", default="docs/figures/kd-seed-recipe-fashion-mnist.png")
+    p.add_argument("--merge-from", action="append", default=[],
+                   help="report: also read the frozen.json of this folder (seeds run as separate processes)")
     return p.parse_args(argv)
 
 

@@ -54,6 +54,9 @@ def curve(rows: list[dict]) -> dict[str, dict[int, dict]]:
 def report(out: Path, args) -> None:
     teacher = load(out, "teacher.json")
     frozen = load(out, "frozen.json") or []
+    for extra in getattr(args, "merge_from", []):  # seeds run by another process into another folder
+        seen = {r["seed"] for r in frozen}
+        frozen += [r for r in load(Path(extra), "frozen.json") or [] if r["seed"] not in seen]
     e2e = load(out, "e2e.json") or []
     if teacher is None:
         raise SystemExit(f"no teacher in {out}: run --stage teacher first")
