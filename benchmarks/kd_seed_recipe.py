@@ -310,8 +310,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{len(test_set)} test images, {args.threads} thread(s)")
     teacher = get_teacher(args, fit_set, test_set)
     t_acc = evaluate(teacher, test_set, mode="gray", normalize=NORMALIZE, progress=False)["accuracy"]
+    logits = logits_of(teacher, test_set)  # the scale logit MSE regresses
     atomic_write_json(Path(args.out) / "teacher.json", {"params": count_parameters(teacher), "test_accuracy": t_acc,
-                                                        "epochs": args.teacher_epochs})
+                                                        "epochs": args.teacher_epochs,
+                                                        "test_logit_mean_abs": logits.abs().mean().item(),
+                                                        "test_logit_max_abs": logits.abs().max().item()})
     print(f"teacher: {count_parameters(teacher):,} parameters, test accuracy {t_acc:.4f}")
     if args.stage == "frozen":
         stage_frozen(args, fit_set, val_set, test_set, teacher)

@@ -65,6 +65,9 @@ def report(out: Path, args) -> None:
     t_params, t_acc = teacher["params"], teacher["test_accuracy"]
     print(f"Teacher: {t_params:,} parameters, {teacher['epochs']} epochs of Adadelta, test accuracy {t_acc:.4f}, "
           f"{t_seconds / 60:.1f} min on 1 thread. 95% of it: {0.95 * t_acc:.4f}.")
+    if "test_logit_mean_abs" in teacher:
+        print(f"Teacher logits on the test images: mean |logit| {teacher['test_logit_mean_abs']:.1f}, "
+              f"max {teacher['test_logit_max_abs']:.1f}.")
     if frozen:
         print_frozen(curve(frozen), t_params, t_acc, frozen)
     if e2e:
