@@ -4,15 +4,16 @@
 # Resumable: a run whose report.json exists is skipped. Summarize with scripts/transfer_table.py.
 #   bash scripts/transfer_experiments.sh pneumoniamnist "1 3 10"
 #   bash scripts/transfer_experiments.sh fashion-mnist "1"
+#   SOURCES=demo ROWS="fold merge50" bash scripts/transfer_experiments.sh fashion-mnist 1   # a part, e.g. beside another
 set -euo pipefail
-dataset=${1:?dataset}; epochs=${2:-"1 3 10"}; out=${OUT:-runs/transfer}
+dataset=${1:?dataset}; epochs=${2:-"1 3 10"}; out=${OUT:-runs/transfer}; rows=${ROWS:-"scratch gray3 fold merge50"}; srcs=${SOURCES:-"resnet-cifar-20 demo"}
 extra=()
 [ "$dataset" = pneumoniamnist ] && extra=(--class-weights balanced)  # the shared copy is 9:1 pneumonia:normal
 declare -A sources=([resnet-cifar-20]=checkpoints/resnet-cifar-20-30ep.safetensors
                     [demo]=src/achroma/assets/demo-model.safetensors)
-for src in resnet-cifar-20 demo; do
+for src in $srcs; do
   for e in $epochs; do
-    for row in scratch gray3 fold merge50; do
+    for row in $rows; do
       dir=$out/$dataset/$src/$row-e$e
       [ -f "$dir/report.json" ] && continue
       case $row in
