@@ -74,13 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def split_train_val(train_set: ImageDataset, per_class: int, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
     """Carve a class-balanced validation split out of the training set (disjoint, seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train_set), generator=g)
-    picked = torch.cat([order[train_set.labels[order] == c][:per_class] for c in range(train_set.num_classes)])
-    keep = torch.ones(len(train_set), dtype=torch.bool)
-    keep[picked] = False
-    val = train_set.subset(picked.sort().values)
-    return train_set.subset(torch.nonzero(keep).flatten()), val
+    val, rest = train_set.stratified_split(per_class, seed)
+    return rest, val
 
 
 def seed_config(epochs: int, args: argparse.Namespace, seed: int = 0, patience: int | None = None) -> TrainConfig:

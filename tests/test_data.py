@@ -178,3 +178,12 @@ def test_real_grayscale_sets(data_dir):
 def test_to_luma_keeps_a_gray_image_gray():
     x = torch.rand(2, 1, 4, 4).expand(-1, 3, -1, -1)
     torch.testing.assert_close(to_luma(x), x[:, :1], atol=1e-3, rtol=0)  # weights sum to 0.9999
+
+
+def test_a_stratified_split_is_the_subset_and_the_disjoint_rest():
+    data = random_dataset(n=40, classes=4)
+    picked, rest = data.stratified_split(3, seed=1)
+    assert torch.equal(picked.images, data.stratified_subset(3, seed=1).images)
+    assert len(picked) + len(rest) == len(data) and picked.labels.bincount().tolist() == [3, 3, 3, 3]
+    together = torch.cat([picked.images, rest.images]).flatten(1)
+    assert len({tuple(row.tolist()) for row in together}) == len(data)  # no image in both, none lost

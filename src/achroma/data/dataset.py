@@ -46,7 +46,13 @@ class ImageDataset:
 
     def stratified_subset(self, per_class: int, seed: int = 0) -> "ImageDataset":
         """The first `per_class` images of each class after a seeded shuffle."""
+        return self.stratified_split(per_class, seed)[0]
+
+    def stratified_split(self, per_class: int, seed: int = 0) -> tuple["ImageDataset", "ImageDataset"]:
+        """(the `stratified_subset`, everything else): e.g. a validation split carved from training."""
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self), generator=g)
-        picked = [order[self.labels[order] == c][:per_class] for c in range(self.num_classes)]
-        return self.subset(torch.cat(picked).sort().values)
+        picked = torch.cat([order[self.labels[order] == c][:per_class] for c in range(self.num_classes)])
+        rest = torch.ones(len(self), dtype=torch.bool)
+        rest[picked] = False
+        return self.subset(picked.sort().values), self.subset(torch.nonzero(rest).flatten())
