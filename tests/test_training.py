@@ -151,3 +151,46 @@ def test_constant_schedule_and_crops_without_flips():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
     g = torch.Generator().manual_seed(0)
     assert torch.equal(random_crop_flip(x, padding=0, generator=g, flip=False), x)  # no shift, never flipped
+
+
+def test_evaluate_balanced_accuracy_equals_scikit_learn_on_an_imbalanced_set():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from achroma.data import ImageDataset
+    from achroma.training import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 30 + [1] * 6 + [2] * 4)
+    brightness = torch.rand(40, 1, 1, 1, generator=g)  # the model's class: bright 0, middle 1, dark 2
+    images = (brightness.expand(40, 1, 8, 8) * 255).to(torch.uint8)
+    data = ImageDataset(images, labels, classes=["a", "b", "c"], name="imbalanced")
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([2.0, 0.0, -2.0]).view(3, 1, 1, 1))
+        model[0].bias.copy_(torch.tensor([-1.2, 0.0, 0.8]))
+    result = evaluate(model, data, mode="gray", normalize="none", batch_size=7, progress=False)
+    with torch.no_grad():
+        predicted = model(images.float() / 255).argmax(1)
+    assert result["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, predicted), abs=1e-12)
+    assert len(set(predicted.tolist())) > 1  # a model that says one class everywhere would prove little
+    assert result["accuracy"] == pytest.approx((predicted == labels).double().mean().item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("select_by", ["accuracy", "balanced_accuracy"])
+def test_the_kept_epoch_is_the_best_by_the_chosen_validation_score(select_by):
+    from synthetic import brightness_classes
+
+    train_set, val_set = brightness_classes(64, 0), brightness_classes(32, 1, split="val")
+    keep = torch.cat([torch.nonzero(val_set.labels == 0).flatten(), torch.nonzero(val_set.labels == 1).flatten()[:4]])
+    val_set = val_set.subset(keep)  # imbalanced, 16:4
+    model = create_model("resnet-cifar-20", in_chans=1, num_classes=2)
+    config = TrainConfig(epochs=4, batch_size=16, lr=0.05, mode="gray", normalize="none", augment=False,
+                         device="cpu", select_by=select_by)
+    history = train(model, train_set, config, val_set=val_set)
+    scores = [e[f"val_{select_by}"] for e in history["epochs"]]
+    assert history["select_by"] == select_by and history["best_val_score"] == max(scores)
+    assert history["best_epoch"] == scores.index(max(scores)) + 1
+    kept = evaluate(model, val_set, mode="gray", normalize="none", progress=False)
+    assert kept[select_by] == pytest.approx(max(scores))
+    with pytest.raises(ValueError, match="select_by"):
+        TrainConfig(select_by="auc")

@@ -130,10 +130,12 @@ def test_transfer_cli_records_the_geometry_and_evaluate_replays_it(tmp_path, cap
     np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
     out = tmp_path / "run"
     args = ["transfer", "--weights", DEMO, "--dataset", "pneumoniamnist", "--data-dir", str(tmp_path), "--pad",
-            "--epochs", "2", "--batch-size", "16", "--class-weights", "balanced", "--latency-runs", "0",
-            "--out", str(out)]
+            "--epochs", "2", "--batch-size", "16", "--class-weights", "balanced", "--select-by", "balanced_accuracy",
+            "--latency-runs", "0", "--out", str(out)]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["select_by"] == "balanced_accuracy"
+    assert "best epoch (validation balanced accuracy" in (out / "report.md").read_text()
     assert report["settings"]["geometry"] == {"size": 32, "fit": "pad"}
     assert (out / "confusion.png").stat().st_size > 1000
     meta = json.loads((out / "model.json").read_text())

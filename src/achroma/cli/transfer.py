@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--flip", action="store_true", help="also flip left-right (off: X-rays and documents have sides)")
     p.add_argument("--patience", type=int, default=None,
                    help="early stopping: epochs without a better validation accuracy (needs a 'val' split)")
+    p.add_argument("--select-by", default="accuracy", choices=["accuracy", "balanced_accuracy"],
+                   help="the validation score that picks the epoch kept (balanced_accuracy for imbalanced splits)")
     p.add_argument("--class-weights", default="none", choices=["none", "balanced"])
     p.add_argument("--limit", type=int, default=None, help="train on N images of each class (quick runs)")
     p.add_argument("--test-limit", type=int, default=None, help="score N test images of each class (quick runs)")
@@ -81,6 +83,7 @@ def run(args) -> int:
                             geometry=geometry, epochs=args.epochs, batch_size=args.batch_size,
                             optimizer=args.optimizer, lr=lr, weight_decay=args.weight_decay,
                             augment=not args.no_augment, flip=args.flip, patience=args.patience,
+                            select_by=args.select_by,
                             class_weights=args.class_weights, seed=args.seed, device=args.device,
                             latency_runs=args.latency_runs)
     model, _, normalize, meta = resolve_model(args)

@@ -11,7 +11,8 @@ from ..progress import progress as progress_bar
 
 from ..data import ImageDataset, Normalization, get_normalization, mode_channels
 from ..io import save_checkpoint
-from ..training import EarlyStopping, TrainConfig, evaluate, first_conv_in_channels, lr_at, make_optimizer, train_step
+from ..training import (EarlyStopping, TrainConfig, best_summary, evaluate, first_conv_in_channels, lr_at,
+                        make_optimizer, train_step, validation_record)
 from .losses import LOSSES, distillation_loss
 from .pairs import PairedBatchLoader
 
@@ -89,8 +90,8 @@ def distill(
         stop = False
         if val_set is not None:
             val = evaluate(student, val_set, mode=student_mode, normalize=s_norm, device=device, progress=False)
-            record.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
-            stop = stopper.step(val["accuracy"], epoch + 1, student)
+            record.update(validation_record(val))
+            stop = stopper.step(val[config.select_by], epoch + 1, student)
         if test_set is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs or stop):
             result = evaluate(student, test_set, mode=student_mode, normalize=s_norm, device=device, progress=False)
             record.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
@@ -101,7 +102,7 @@ def distill(
             break
     if val_set is not None and stopper.best_state is not None:
         stopper.restore(student)
-        history["best_epoch"], history["best_val_accuracy"] = stopper.best_epoch, stopper.best_score
+        history.update(best_summary(stopper, history["epochs"], config.select_by))
     if out_dir is not None:
         meta = {"normalization": s_norm.to_dict(), "mode": student_mode,
                 "dataset": {"name": train_set.name,

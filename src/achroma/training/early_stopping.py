@@ -35,3 +35,22 @@ class EarlyStopping:
         """Load the best epoch's weights into `model` (nothing to do before the first step)."""
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
+
+
+SELECT_BY = ("accuracy", "balanced_accuracy")
+
+
+def validation_record(val: dict) -> dict:
+    """The validation columns of an epoch's record, from `evaluate`'s dict."""
+    return {"val_accuracy": val["accuracy"], "val_balanced_accuracy": val["balanced_accuracy"],
+            "val_loss": val["loss"]}
+
+
+def best_summary(stopper: EarlyStopping, epochs: list[dict], select_by: str) -> dict:
+    """What the history says of the kept epoch: its number, the score that chose it, its validation accuracy.
+
+    On an imbalanced validation split (PneumoniaMNIST's is 74% one class) accuracy can prefer an
+    epoch that predicts the majority class everywhere; balanced accuracy does not."""
+    best = next(e for e in epochs if e["epoch"] == stopper.best_epoch)
+    return {"best_epoch": stopper.best_epoch, "select_by": select_by, "best_val_score": stopper.best_score,
+            "best_val_accuracy": best["val_accuracy"]}

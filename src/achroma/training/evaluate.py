@@ -30,19 +30,27 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict:
-    """Top-1 accuracy, mean cross-entropy, sample count and parameter count, as a plain dict.
+    """Top-1 accuracy, balanced accuracy (mean per-class recall), mean cross-entropy, sample count and
+    parameter count, as a plain dict.
 
     batch_size: default `default_eval_batch(device)`."""
     model = model.to(device).eval()
     loader = BatchLoader(dataset, batch_size=batch_size or default_eval_batch(device), mode=mode, normalize=normalize, device=device)
     _check_channels(model, loader)
-    correct, loss_sum, n = 0, 0.0, 0
+    classes = max(int(dataset.labels.max()) + 1, len(getattr(dataset, "classes", None) or []))
+    hits, seen = torch.zeros(classes, dtype=torch.long), torch.zeros(classes, dtype=torch.long)
+    loss_sum, n = 0.0, 0
     for x, y in progress_bar(loader, desc="evaluate", enabled=progress):
         logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        y = y.cpu()
+        seen += torch.bincount(y, minlength=classes)
+        hits += torch.bincount(y[logits.argmax(1).cpu() == y], minlength=classes)
         n += len(y)
-    return {"accuracy": correct / n, "loss": loss_sum / n, "n": n, "params": count_parameters(model)}
+    present = seen > 0  # balanced accuracy: the mean recall over the classes the set holds (scikit-learn's)
+    balanced = (hits[present].double() / seen[present].double()).mean().item()
+    return {"accuracy": hits.sum().item() / n, "balanced_accuracy": balanced, "loss": loss_sum / n, "n": n,
+            "params": count_parameters(model)}
 
 
 def first_conv_in_channels(model: nn.Module, size: int = 32) -> int | None:

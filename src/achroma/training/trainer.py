@@ -17,7 +17,7 @@ from ..progress import progress
 from ..data import BatchLoader, ImageDataset, get_normalization
 from ..io import atomic_write_bytes, save_checkpoint
 from .distributed import setup_distributed, unwrap, wrap_model
-from .early_stopping import EarlyStopping
+from .early_stopping import SELECT_BY, EarlyStopping, best_summary, validation_record
 from .evaluate import evaluate
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,6 +47,11 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd (momentum, Nesterov) | adamw | adadelta (Keras' classic: rho 0.95, eps 1e-7)
     patience: int | None = None  # early stopping: epochs without a better validation accuracy (needs val_set)
     flip: bool = True  # the augmentation's horizontal flip (off for X-rays and documents)
+    select_by: str = "accuracy"  # the validation score that picks the best epoch: accuracy | balanced_accuracy
+
+    def __post_init__(self) -> None:
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready (tuples become lists), as saved beside checkpoints."""
@@ -196,8 +201,8 @@ def train(
         if val_set is not None:
             val = evaluate(unwrap(net), val_set, mode=config.mode, normalize=config.normalize, device=device,
                            progress=False)
-            record.update(val_accuracy=val["accuracy"], val_loss=val["loss"])
-            stop = stopper.step(val["accuracy"], epoch + 1, unwrap(net))
+            record.update(validation_record(val))
+            stop = stopper.step(val[config.select_by], epoch + 1, unwrap(net))
         last = epoch + 1 == config.epochs or stop
         if test_set is not None and info.is_main and ((epoch + 1) % config.eval_every == 0 or last):
             result = evaluate(unwrap(net), test_set, mode=config.mode, normalize=config.normalize, device=device,
@@ -214,8 +219,7 @@ def train(
             break
     if val_set is not None and stopper.best_state is not None:
         stopper.restore(unwrap(net))
-        history["best_epoch"] = stopper.best_epoch
-        history["best_val_accuracy"] = stopper.best_score
+        history.update(best_summary(stopper, history["epochs"], config.select_by))
         if test_set is not None and info.is_main:
             last_record = history["epochs"][-1]
             if stopper.best_epoch == last_record["epoch"] and "test_accuracy" in last_record:

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..data import InputGeometry
+from ..training import SELECT_BY
 
 STARTS = ("scratch", "gray3", "fold")
 
@@ -18,7 +19,9 @@ class TransferConfig:
     images are brought to the model's size. Then a new head of the target's classes and fine-tuning:
     SGD (or AdamW) with a cosine schedule, random crops with zero padding, no flip unless `flip`
     (X-rays and documents have a left and a right), early stopping on the validation split when
-    `patience` is set and one exists. class_weights: 'none' or 'balanced' cross-entropy weights."""
+    `patience` is set and one exists; the validation score `select_by` ('accuracy' or
+    'balanced_accuracy', for imbalanced splits) picks the epoch kept. class_weights: 'none' or
+    'balanced' cross-entropy weights."""
 
     start: str = "fold"
     target: float | None = None
@@ -34,6 +37,7 @@ class TransferConfig:
     augment: bool = True
     flip: bool = False
     patience: int | None = None
+    select_by: str = "accuracy"
     class_weights: str = "none"
     seed: int = 0
     device: str = "cpu"
@@ -51,6 +55,8 @@ class TransferConfig:
             raise ValueError(f"by must be 'macs' or 'params', got {self.by!r}")
         if self.class_weights not in ("none", "balanced"):
             raise ValueError(f"class_weights must be 'none' or 'balanced', got {self.class_weights!r}")
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
 

@@ -27,7 +27,8 @@ def render_markdown(result: TransferResult, title: str) -> str:
         lines.append(f"| CPU latency, batch 1 ({c['latency_threads']} thread(s)) | {c['latency_b1_ms']:.2f} ms |")
     best = result.history.get("best_epoch")
     if best is not None:
-        lines.append(f"| best epoch (validation accuracy {result.history['best_val_accuracy']:.4f}) | {best} |")
+        by = result.history.get("select_by", "accuracy").replace("_", " ")
+        lines.append(f"| best epoch (validation {by} {result.history['best_val_score']:.4f}) | {best} |")
     lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
               "| | " + " | ".join(m["classes"]) + " |", "|---" * (len(m["classes"]) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(m["classes"], m["confusion"])]

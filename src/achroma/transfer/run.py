@@ -127,7 +127,7 @@ def finetune(model: nn.Module, train_set: ImageDataset, val_set: ImageDataset | 
     cfg = TrainConfig(epochs=config.epochs, batch_size=min(config.batch_size, len(train_set)), lr=config.lr,
                       optimizer=config.optimizer, weight_decay=config.weight_decay, mode=mode, normalize=norm,
                       augment=config.augment, flip=config.flip, seed=config.seed, device=config.device,
-                      patience=config.patience if val_set is not None else None)
+                      patience=config.patience if val_set is not None else None, select_by=config.select_by)
     return train(model, train_set, cfg, loss_fn=loss_fn, val_set=val_set)
 
 
