@@ -292,3 +292,62 @@ def test_train_command_trains_kdensenet_and_goes_on_from_a_grouped_checkpoint(tm
     trained, meta = load_checkpoint(tmp_path / "g2" / "model")
     assert meta["grouping"] and sum(isinstance(m, PermutedGroupedConv) for m in trained.modules()) == len(
         meta["grouping"])
+
+
+@pytest.mark.parametrize("name", ["densenet-bc-40", "kdensenet-bc-40", "resnet-cifar-20"])
+def test_reinitialize_draws_what_the_constructor_draws_with_the_same_seed(name):
+    from achroma.surgery import reinitialize
+
+    torch.manual_seed(3)
+    fresh = create_model(name)
+    trained = create_model(name)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)
+        for m in trained.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.add_(1.0)
+    reinitialize(trained, seed=3)
+    for (key, a), b in zip(fresh.state_dict().items(), trained.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
+def test_reinitialize_refuses_a_module_it_cannot_reset():
+    from achroma.surgery import reinitialize
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(3))
+
+    with pytest.raises(TypeError, match="reset_parameters"):
+        reinitialize(nn.Sequential(nn.Conv2d(3, 3, 1), Scale()))
+
+
+def test_train_reinit_keeps_a_grouped_architecture_and_draws_new_weights(tmp_path):
+    from test_data import _write_tree
+
+    _write_tree(tmp_path / "tree", classes=("a", "b", "c"), per_class=4, size=16)
+    dense = create_model("densenet-bc-40", num_classes=3)
+    grouped = apply_grouping(dense, plan_grouping(dense, 16, size=16))
+    save_checkpoint(tmp_path / "g" / "model", grouped, {"mode": "color", "normalization": "cifar"})
+    source = json.loads((tmp_path / "g" / "model.json").read_text())["grouping"]
+    assert main(["train", "--weights", str(tmp_path / "g" / "model.safetensors"), "--out", str(tmp_path / "r"),
+                 "--reinit", "--dataset", f"folder:{tmp_path / 'tree'}", "--epochs", "2", "--eval-every", "2",
+                 "--test-limit", "2", "--batch-size", "4", "--lr", "0", "--weight-decay", "0", "--threads", "1",
+                 "--device", "cpu"]) == 0
+    trained, meta = load_checkpoint(tmp_path / "r" / "model")
+    assert meta["grouping"] == source
+    assert sum(p.numel() for p in trained.parameters()) == sum(p.numel() for p in grouped.parameters())
+    # lr 0: the weights are the re-initialized ones, none of them the source's
+    for (key, a), b in zip(grouped.state_dict().items(), trained.state_dict().values()):
+        if key.endswith("weight") and a.dim() == 4:
+            assert not torch.equal(a, b), key
+    epochs = meta["training"]["epochs"]
+    assert "test_accuracy" not in epochs[0] and "test_accuracy" in epochs[1]  # --eval-every 2
+
+
+def test_train_reinit_needs_weights(tmp_path, capsys):
+    assert main(["train", "--model", "resnet-cifar-20", "--reinit", "--dataset", "cifar10",
+                 "--out", str(tmp_path)]) != 0
+    assert "--reinit re-initializes the architecture of --weights" in capsys.readouterr().err

@@ -14,9 +14,10 @@ from .layers import ChannelMapShortcut, ChannelShuffle, convert_shortcuts, conve
 from .merge import cluster_groups, merge_channels
 from .overlap import check_disjoint_groups
 from .prune import prune_channels, pruning_clustering
+from .reinit import reinitialize
 from .reshape import resize_to_state_dict
 
 __all__ = ["ChannelConstraints", "ChannelMapShortcut", "ChannelShuffle", "ChannelUse", "Partition",
            "channel_constraints", "check_disjoint_groups", "cluster_groups", "conv_paths", "convert_shortcuts",
-           "convert_shuffles", "find_classifier", "merge_channels", "prune_channels", "pruning_clustering", "replace_classifier", "resize_to_state_dict",
+           "convert_shuffles", "find_classifier", "merge_channels", "prune_channels", "pruning_clustering", "reinitialize", "replace_classifier", "resize_to_state_dict",
            "trace_channel_group", "trace_channel_uses"]
