@@ -249,6 +249,41 @@ def test_group_command_end_to_end_on_the_demo_model(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
+def test_ls_refit_of_a_grouped_conv_is_each_groups_least_squares_solution():
+    from achroma.repair import ls_refit_grouped
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 1, bias=True)).eval()
+    grouped = apply_grouping(dense, plan_grouping(dense, 4, size=8)).eval()
+    layer = grouped[2]
+    assert isinstance(layer, PermutedGroupedConv) and layer.groups == 2
+    x = torch.randn(16, 3, 8, 8)
+    report = ls_refit_grouped(grouped, dense, [(x, None)], ridge=1e-12)
+    with torch.no_grad():
+        feats = dense[1](dense[0](x)).permute(0, 2, 3, 1).reshape(-1, 8).double().numpy()
+        target = (dense(x) - dense[2].bias.view(1, -1, 1, 1)).permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
+    weight = layer.dense_weight().double().numpy()  # (out, in), original channel order
+    for ins, outs in layer.group_channels():  # numpy's least squares, group by group
+        solution, *_ = np.linalg.lstsq(feats[:, ins], target[:, outs], rcond=None)
+        np.testing.assert_allclose(weight[np.ix_(outs, ins)], solution.T, atol=1e-5)
+    assert report.layers == ["2"] and report.error_after[0] <= report.error_before[0]
+    with torch.no_grad():  # the output moves toward the dense one
+        assert (grouped(x) - dense(x)).norm() < (apply_grouping(dense, plan_grouping(dense, 4, size=8))(x)
+                                                  - dense(x)).norm()
+
+
+def test_group_command_refits_then_distills_with_a_row_for_each_step(tmp_path):
+    out = tmp_path / "grouped"
+    assert main(["group", "--weights", str(DEMO), "--dataset", DEMO_DATA, "--test-limit", "3", "--calib-limit", "4",
+                 "--repair", "ls-refit+distill", "--refit-images", "20", "--batch-size", "8", "--threads", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    keys = [r["key"] for r in report["rows"]]
+    assert keys == ["dense", "grouped", "grouped-naive", "grouped+ls-refit", "grouped+ls-refit+distill"]
+    assert report["rows"][-1]["repair"] == "ls-refit+distill:1" and report["settings"]["refit_images"] == 20
+    assert load_checkpoint(out / "model")[1]["grouping"]
+
+
 # ---- training: the CLI's train and DDP -----------------------------------------------------------
 
 def ddp_models() -> dict[str, nn.Module]:

@@ -2,8 +2,10 @@
 
 The convs are found in the forward pass (any registry or tv: model); each becomes a grouped conv
 initialized from the dense weight's block diagonal, in the channel order that keeps the most of
-its squared weight (`--order energy`) or in the naive order. `--repair distill` then trains the
-grouped model on the dense model's logits (the dense model as teacher, same input). Everything is
+its squared weight (`--order energy`) or in the naive order. `--repair ls-refit` then gives each
+group the least-squares best weights for the dense conv's output (no training), `--repair distill`
+trains the grouped model on the dense model's logits (the dense model as teacher, same input), and
+`ls-refit+distill` does both in turn. Everything is
 computed before the output folder is written, and that folder is written atomically (a hidden
 sibling renamed into place), never over the input model.
 """
@@ -17,6 +19,9 @@ import tempfile
 from pathlib import Path
 
 from .common import add_model_args, check_out_dir, device, limit_calibration_and_test, resolve_model
+
+
+REPAIRS = ["none", "ls-refit", "distill", "ls-refit+distill", "bn-stats"]
 
 
 def register(sub) -> None:
@@ -35,8 +40,12 @@ def register(sub) -> None:
     p.add_argument("--groups", type=int, default=None, help="this many groups in every candidate layer instead")
     p.add_argument("--order", default="energy", choices=["energy", "naive"],
                    help="channel order: energy = the order keeping the most squared weight (default); naive = as is")
-    p.add_argument("--repair", default="none", choices=["none", "distill", "bn-stats"],
-                   help="distill: train on the dense model's logits; bn-stats: re-estimate BN statistics only")
+    p.add_argument("--repair", default="none", choices=REPAIRS,
+                   help="ls-refit: each group's least-squares best weights for the dense conv's output (no "
+                        "training); distill: train on the dense model's logits; bn-stats: re-estimate BN "
+                        "statistics only; ls-refit+distill: the one, then the other (a row for each)")
+    p.add_argument("--refit-images", type=int, default=2000, help="ls-refit: at least this many shuffled training images, in whole batches of 256 "
+                        "(default 2000, so 2,048)")
     p.add_argument("--epochs", type=int, default=1, help="distill epochs (default 1)")
     p.add_argument("--lr", type=float, default=0.003, help="distill SGD learning rate (default 0.003, compress's)")
     p.add_argument("--batch-size", type=int, default=32, help="distill batch size (default 32, compress's)")
@@ -87,15 +96,24 @@ def _write(out: Path, model, meta: dict, report: dict) -> None:
 
 
 def repair(grouped, dense, kind: str, train_set, mode: str, normalize, args, log=None):
-    """The grouped model after `kind` ('none', 'bn-stats' or 'distill' from the dense model)."""
+    """The grouped model after one repair step `kind` ('ls-refit', 'bn-stats' or 'distill' from the
+    dense model), BN statistics re-estimated at the end."""
     from ..data import BatchLoader
     from ..repair import bn_recalibrate
 
-    if kind == "none":
-        return grouped
     dev = device(args.device)
     stats = BatchLoader(train_set, batch_size=256, mode=mode, normalize=normalize, shuffle=True, augment=False,
                         seed=args.seed, device=dev)
+    if kind == "ls-refit":
+        from ..repair import ls_refit_grouped
+
+        take = max(1, -(-args.refit_images // 256))
+        report = ls_refit_grouped(grouped, dense, [b for _, b in zip(range(take), stats)])
+        if log:
+            mean = lambda v: sum(v) / len(v)  # noqa: E731
+            log(f"ls-refit on {report.images} images, {len(report.layers)} layers: relative output error "
+                f"{mean(report.error_before):.4f} -> {mean(report.error_after):.4f} (mean over layers)")
+        return grouped.eval()  # the refit reproduces the dense outputs, which the BN statistics describe
     if kind == "distill":
         from ..distill import distill
         from ..training import TrainConfig
@@ -156,14 +174,19 @@ def run(args) -> int:
         if r["accuracy"] is not None:
             log(f"accuracy {r['label']}: {r['accuracy']:.4f}")
     final = grouped
-    if args.repair != "none":
-        final = repair(copy.deepcopy(grouped), dense, args.repair, train_set, mode, normalize, args, log)
-        rows.append({"key": f"grouped+{args.repair}", "label": f"grouped ({args.order} order)", "mode": mode,
-                     "repair": args.repair + (f":{args.epochs}" if args.repair == "distill" else ""),
-                     "accuracy": score(final), "arch": "grouped"})
-        log(f"accuracy after {args.repair}: {rows[-1]['accuracy']:.4f}")
+    steps = [] if args.repair == "none" else args.repair.split("+")
+    if steps:
+        final = copy.deepcopy(grouped)
+    for i, step in enumerate(steps):
+        final = repair(final, dense, step, train_set, mode, normalize, args, log)
+        done = "+".join(k + (f":{args.epochs}" if k == "distill" else "") for k in steps[:i + 1])
+        rows.append({"key": "grouped+" + "+".join(steps[:i + 1]), "label": f"grouped ({args.order} order)",
+                     "mode": mode, "repair": done, "accuracy": score(final), "arch": "grouped"})
+        if rows[-1]["accuracy"] is not None:
+            log(f"accuracy after {done}: {rows[-1]['accuracy']:.4f}")
     settings = {"min_channels": args.min_channels, "rule": args.rule, "groups": args.groups, "order": args.order,
-                "repair": args.repair, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                "repair": args.repair, "refit_images": args.refit_images if "ls-refit" in steps else None,
+                "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                 "distill_loss": args.distill_loss, "seed": args.seed, "size": size,
                 "test_images": len(test_set) if test_set is not None else None,
                 "repair_images": len(train_set) if train_set is not None and args.repair != "none" else None}

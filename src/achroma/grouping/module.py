@@ -143,6 +143,15 @@ class PermutedGroupedConv(nn.Module):
         pos = channel if self.out_inv is None else int(self.out_inv[channel])
         return _slot(pos, self.conv.out_splits)
 
+    def group_channels(self) -> list[tuple[list[int], list[int]]]:
+        """Per group, in order: (original input channels it reads, original output channels it writes)."""
+        ins, outs = self.input_permutation(), self.output_permutation()
+        groups, i0, o0 = [], 0, 0
+        for i_size, o_size in zip(self.conv.in_splits, self.conv.out_splits):
+            groups.append((ins[i0:i0 + i_size], outs[o0:o0 + o_size]))
+            i0, o0 = i0 + i_size, o0 + o_size
+        return groups
+
     def group_blocks(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Per group, in order: (weight (out_g, in_g), bias (out_g,) or None), views into the parameters."""
         return _blocks_of(self.conv)
