@@ -5,10 +5,11 @@
 #   bash scripts/transfer_experiments.sh pneumoniamnist "1 3 10"
 #   bash scripts/transfer_experiments.sh fashion-mnist "1"
 #   SOURCES=demo ROWS="fold merge50" bash scripts/transfer_experiments.sh fashion-mnist 1   # a part, e.g. beside another
+#   SELECT_BY=balanced_accuracy OUT=runs/transfer-balanced SOURCES=demo bash scripts/transfer_experiments.sh pneumoniamnist "1 3 10"
 set -euo pipefail
 dataset=${1:?dataset}; epochs=${2:-"1 3 10"}; out=${OUT:-runs/transfer}; rows=${ROWS:-"scratch gray3 fold merge50"}; srcs=${SOURCES:-"resnet-cifar-20 demo"}
-extra=()
-[ "$dataset" = pneumoniamnist ] && extra=(--class-weights balanced)  # the shared copy is 9:1 pneumonia:normal
+extra=(--select-by "${SELECT_BY:-accuracy}")  # the validation score that picks the epoch kept (PneumoniaMNIST has a val split)
+[ "$dataset" = pneumoniamnist ] && extra+=(--class-weights balanced)  # the shared copy is 9:1 pneumonia:normal
 declare -A sources=([resnet-cifar-20]=checkpoints/resnet-cifar-20-30ep.safetensors
                     [demo]=src/achroma/assets/demo-model.safetensors)
 for src in $srcs; do
