@@ -10,7 +10,8 @@ from achroma.fold import fold_to_gray
 from achroma.models import create_model
 from achroma.pipeline import CompressConfig, RepairConfig, compress
 from achroma.pipeline.allocation import measure_sensitivity, sensitivity_widths
-from achroma.pipeline.budget import plan_budget, uniform_widths, width_cost
+from achroma.pipeline.budget import uniform_widths, width_cost
+from achroma.pipeline.planner import plan_budget
 from achroma.surgery.groups import channel_groups
 
 X = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))

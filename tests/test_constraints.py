@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from achroma.models import create_model, load_state_dict_file, load_weights
 from achroma.io import save_checkpoint
-from achroma.pipeline.merging import _cluster_constrained
+from achroma.selection.clusters import _cluster_constrained
 from achroma.surgery import channel_constraints, merge_channels, resize_to_state_dict, trace_channel_uses
 from achroma.surgery.layers import ChannelShuffle, ShuffleBlock, convert_shuffles, restore_plain_shuffles
 

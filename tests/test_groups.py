@@ -93,7 +93,7 @@ def test_whole_network_merge_of_exact_duplicates_changes_nothing(name):
 
 
 def test_plan_budget_for_a_color_model_with_a_skipped_stream():
-    from achroma.pipeline.budget import plan_budget
+    from achroma.pipeline.planner import plan_budget
     from achroma.pipeline.spec import resolve_layers
 
     color = create_model("resnet-cifar-20").eval()

@@ -22,13 +22,12 @@ from achroma.selection import (
     activation_distances,
     kernel_distances,
     magnitude_keep,
-    prune_channels,
     random_clustering,
     require_free,
     selection_distances,
     weight_distances,
 )
-from achroma.surgery import merge_channels, trace_channel_uses
+from achroma.surgery import merge_channels, prune_channels, trace_channel_uses
 from achroma.surgery.graph import prepare_for_surgery
 from achroma.surgery.layers import (
     ChannelMapPruner,
@@ -140,7 +139,7 @@ def test_weight_distances_of_a_stream_concatenate_its_writers():
     d = weight_distances(model, writers)
     parts = [weight_distances(model, p) for p in writers]
     assert d == pytest.approx(np.sqrt(sum(p ** 2 for p in parts)), rel=1e-9)
-    with pytest.raises(ValueError, match="same number of output channels"):
+    with pytest.raises(ValueError, match="same number of channels"):
         weight_distances(model, ["conv1", "layer2.0.conv1"])
 
 

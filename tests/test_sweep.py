@@ -64,7 +64,7 @@ def test_every_point_is_computed_once_with_matched_sizes(finished):
 
 
 def test_a_killed_sweep_recomputes_nothing_finished(tmp_path, data, monkeypatch):
-    real_eval, real_merge = sweep_run.evaluate, sweep_run.merge_to_budget
+    real_eval, real_fit = sweep_run.evaluate, sweep_run.Compressor.fit
     calls = {"evaluate": 0, "merge": 0}
 
     def dying(*a, **k):
@@ -75,10 +75,10 @@ def test_a_killed_sweep_recomputes_nothing_finished(tmp_path, data, monkeypatch)
 
     def counting(*a, **k):
         calls["merge"] += 1
-        return real_merge(*a, **k)
+        return real_fit(*a, **k)
 
     monkeypatch.setattr(sweep_run, "evaluate", dying)
-    monkeypatch.setattr(sweep_run, "merge_to_budget", counting)
+    monkeypatch.setattr(sweep_run.Compressor, "fit", counting)
     with pytest.raises(KeyboardInterrupt):
         Sweep(_model(), "cifar", *data, tmp_path, _config(), log=None).run()
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3

@@ -1,4 +1,4 @@
-"""What a model costs to run: multiply-accumulates per image (torch's FlopCounter) and CPU latency.
+"""What a model costs to run: multiply-accumulates per image, counted by torch's FlopCounter.
 
 MACs are counted by `torch.utils.flop_counter.FlopCounterMode`, which sees every matrix product and
 convolution the forward pass runs at the ATen level, whatever module (or no module) issues it:
@@ -8,7 +8,6 @@ so the count is what each further image costs.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -50,26 +49,3 @@ def run_flop_counter(model: nn.Module, input_shape: tuple[int, int, int]):
         for m, flag in flags.items():
             m.training = flag
     return counter
-
-
-def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], batch: int, runs: int = 10,
-                    warmup: int = 2) -> dict[str, Any]:
-    """CPU wall time of one forward pass at `batch`: median (and min) over `runs` after `warmup` passes.
-
-    Runs a float32 CPU copy under torch.inference_mode with the thread count as configured
-    (torch.get_num_threads(), reported).
-    """
-    return measure_latencies({"model": (model, input_shape)}, batch, runs, warmup)["model"]
-
-
-def measure_latencies(models: dict[str, tuple[nn.Module, tuple[int, int, int]]], batch: int, runs: int = 10,
-                      warmup: int = 2) -> dict[str, dict[str, Any]]:
-    """`measure_latency` for several (model, input shape) at once, timed round-robin.
-
-    Run i of every model is taken before run i + 1 of any, so load from other processes on a
-    shared machine falls on all of them alike and their medians stay comparable.
-    """
-    # The timing loop is `achroma.deploy.bench`'s, which `achroma bench` uses too: one way of timing.
-    from ..deploy.bench import torch_latencies
-
-    return torch_latencies(models, batch, runs, warmup)

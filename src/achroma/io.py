@@ -47,8 +47,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | N
 
     weights_path, json_path = checkpoint_paths(path)
     arch = getattr(model, "achroma_arch", None)
-    if arch is None:
-        raise ValueError("model has no `achroma_arch`; build it with achroma.models.create_model")
+    if arch is None:  # a user's own instance: its class by import path (load with load_checkpoint(path, model=...))
+        cls = type(model)
+        if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+            raise ValueError(f"model has no `achroma_arch` and its class {cls.__qualname__} cannot be imported by "
+                             "name; build it with achroma.models.create_model('module:Name', ...)")
+        arch = {"name": f"{cls.__module__}:{cls.__qualname__}"}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     info = {"format": "achroma-checkpoint/1", "arch": arch, **(meta or {})}
     if getattr(model, "achroma_surgery", False):  # shapes differ from what `arch` builds
@@ -76,14 +80,25 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"corrupt checkpoint metadata {json_path}: {err}") from err
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights; returns (model, meta)."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    model: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights; returns (model, meta).
+
+    `model`: a fresh instance of the checkpoint's class (your own, as it was before compression);
+    it is rebuilt in place to the stored widths (merged, folded, grouped) and loaded. Without it the
+    class is built from the checkpoint's `arch` (a registry name, or an importable 'module:Name').
+    """
     from .models import create_model, load_weights
 
     weights_path, _ = checkpoint_paths(path)
     meta = read_checkpoint_meta(path)
+    if "arch" not in meta:
+        raise ValueError(f"{path}: checkpoint metadata has no 'arch' (not an achroma checkpoint?)")
     arch = dict(meta["arch"])
-    model = create_model(arch.pop("name"), **arch)
+    if model is None:
+        model = create_model(arch.pop("name"), **arch)
+    else:
+        model.achroma_arch = dict(meta["arch"])
     if meta.get("surgery"):  # folded or merged: rebuild the layers to the stored shapes first
         from .models import load_state_dict_file
         from .surgery import resize_to_state_dict

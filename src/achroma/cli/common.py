@@ -40,7 +40,10 @@ def field_variants(args: argparse.Namespace) -> dict:
 def add_model_args(p: argparse.ArgumentParser, normalize: bool = False) -> None:
     """--model/--weights/--in-chans/--num-classes, and with `normalize` the model's --normalize."""
     p.add_argument("--model", default=None, help="registry name (seed-densenet, densenet-bc-100, resnet-cifar-20, "
-                   "tv:resnet18, ...); optional with one of our checkpoints")
+                   "tv:resnet18, ...), or your own class or factory as package.module:Name (found on sys.path: "
+                   "PYTHONPATH=.); optional with one of our checkpoints of a registry model")
+    p.add_argument("--model-args", default=None, help="keyword arguments of a package.module:Name model, as JSON "
+                   "(e.g. '{\"num_classes\": 10}')")
     p.add_argument("--weights", default=None,
                    help="our checkpoint (.safetensors with its .json) or a foreign .th/.pt/.pth state dict")
     p.add_argument("--in-chans", type=int, default=None)
@@ -105,20 +108,45 @@ def resolve_model(args, default_mode: str = "color"):
     from ..io import is_checkpoint, load_checkpoint
     from ..models import create_model, load_weights
 
+    from ..models.registry import create_user_model, is_import_path
+
     meta: dict = {}
+    user = bool(args.model) and is_import_path(args.model)
+    kwargs = _model_args(getattr(args, "model_args", None), user)
     if args.weights and is_checkpoint(args.weights):
-        model, meta = load_checkpoint(args.weights)
+        model, meta = load_checkpoint(args.weights, model=create_user_model(args.model, **kwargs) if user else None)
     else:
         if not args.model:
             raise ValueError("--model is required unless --weights is one of our checkpoints")
-        mode = getattr(args, "mode", None) or default_mode
-        in_chans = args.in_chans or mode_channels(mode)
-        model = create_model(args.model, in_chans=in_chans, num_classes=args.num_classes or 10)
+        if user:
+            model = create_user_model(args.model, **kwargs)
+        else:
+            mode = getattr(args, "mode", None) or default_mode
+            in_chans = args.in_chans or mode_channels(mode)
+            model = create_model(args.model, in_chans=in_chans, num_classes=args.num_classes or 10)
         if args.weights:
             load_weights(model, args.weights)
     mode = getattr(args, "mode", None) or meta.get("mode", default_mode)
     normalize = getattr(args, "normalize", None) or meta.get("normalization") or "cifar"
     return model, mode, normalize, meta
+
+
+def _model_args(text: str | None, user: bool) -> dict:
+    """--model-args as keyword arguments (JSON object); only a package.module:Name model takes them."""
+    if not text:
+        return {}
+    if not user:
+        raise ValueError("--model-args goes with --model package.module:Name (registry models take --in-chans, "
+                         "--num-classes)")
+    import json
+
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model-args is not JSON: {err}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError("--model-args must be a JSON object of keyword arguments")
+    return kwargs
 
 
 def device(name: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..pipeline.config import SELECTIONS
+from ..selection import selection_help, selection_names
 from .common import (add_field_variant_args, add_model_args, check_out_dir, field_variants,
                      limit_calibration_and_test, resolve_model)
 
@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--target-macs", type=float, default=None,
                    help="whole-network budget: the share of the folded model's MACs to keep (e.g. 0.5), shared "
                         "among the channel groups as --allocation says")
-    p.add_argument("--target-params", type=float, default=None, help="the same for the parameters")
+    p.add_argument("--target-params", type=float, default=None, help="the same for the parameters (both together: "
+                   "every budget is met)")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
                    help="with a target: the same share kept in every group, or shares by each group's sensitivity")
     p.add_argument("--merge", default="average", choices=["average", "medoid"],
@@ -44,10 +45,9 @@ def register(sub) -> None:
     p.add_argument("--cluster", default=None, choices=["dbscan", "kmeans", "agglomerative", "bounded"],
                    help="default: kmeans with a target, else dbscan (the notebook's); bounded: average linkage with no "
                         "cluster above ceil(N / kept), pairs when half or more stay")
-    p.add_argument("--selection", default=None, choices=list(SELECTIONS),
-                   help="what filters are compared by: fields (receptive fields, the seed's method) or kernels, weights "
-                        "(k-means on the raw kernels), activations, random, l1 (pruning). Default: weights with a "
-                        "target (the best whole-network merge in docs/RESULTS.md; fields lost to it), else fields")
+    p.add_argument("--selection", default=None, choices=list(selection_names()),
+                   help=f"what filters are compared by ({selection_help()}). Default: weights with a target (the "
+                        "best whole-network merge in docs/RESULTS.md; fields lost to it), else fields")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--eps", default=None, help="threshold on the min-max-scaled distances (dbscan eps, "
                      "agglomerative distance threshold); one, or one per layer (the notebook: 0.027 on layer 1)")
@@ -114,40 +114,45 @@ def _load_clusterings(spec: str | None, paths: list[str]) -> dict:
     return out
 
 
-def _budget(args, model, normalize, size: int, train_set):
-    """The plan for --target-macs / --target-params (None without one); the layers and keep it sets."""
-    targets = [(by, v) for by, v in (("macs", args.target_macs), ("params", args.target_params)) if v is not None]
-    if not targets:
+def budget_from_args(args):
+    """The `Budget` that --target-macs / --target-params / --skip / --allocation describe (None without a target)."""
+    from ..pipeline import Budget, split_list
+
+    if args.target_macs is None and args.target_params is None:
         if args.skip:
             raise ValueError("--skip needs --target-macs or --target-params")
         return None
-    if len(targets) > 1:
-        raise ValueError("give one of --target-macs and --target-params")
     if args.keep is not None or args.eps is not None:
         raise ValueError("a target sets the share each group keeps: give no --keep or --eps with it")
     if args.layers not in ("all", None):
-        raise ValueError("a target plans every channel group: use --layers all (and --skip to leave groups whole)")
-    from ..pipeline.budget import plan_budget
-    from ..pipeline.spec import split_list
+        raise ValueError("a target plans every channel group: give no --layers (--skip leaves groups whole)")
+    return Budget(macs=args.target_macs, params=args.target_params, skip=tuple(split_list(args.skip)),
+                  allocation=args.allocation)
 
-    by, target = targets[0]
-    calibration = None
-    if args.allocation == "sensitivity":
-        from ..pipeline.allocation import calibration_images
 
-        calibration = calibration_images(train_set, args.seed)
-    return plan_budget(model, normalize, target, by, skip=split_list(args.skip), size=size,
-                       allocation=args.allocation, calibration=calibration)
+def config_from_args(args, layers, repairs):
+    """The `CompressConfig` the flags describe (selection and clustering unset take the measured defaults)."""
+    from ..pipeline import CompressConfig, RepairConfig
+    from .common import device
+
+    repair = RepairConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.repair_batch_size,
+                          stats_augment=not args.no_stats_augment, distill_lr=args.distill_lr,
+                          distill_loss=args.distill_loss)
+    return CompressConfig(layers=layers, metric=args.metric, cluster_method=args.cluster, eps=args.eps,
+                          keep=args.keep, selection=args.selection, repair=repairs, repair_config=repair,
+                          fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
+                          fields_from=args.fields_from, between=args.between, merge=args.merge, imed_r=args.imed_r,
+                          min_samples=args.min_samples, seed=args.seed, batch_size=args.batch_size,
+                          device=str(device(args.device)), progress=not args.quiet)
 
 
 def run(args) -> int:
     import torch
 
     from ..data import load_dataset
-    from ..pipeline import CompressConfig, RepairConfig, check_repairs, compress, per_layer, resolve_layers, split_list
+    from ..pipeline import check_repairs, compress, per_layer, resolve_layers, split_list
     from ..pipeline.spec import check_metric
     from ..report import build_report, render_markdown, write_outputs
-    from .common import device
 
     clustering_files = [f for f in split_list(args.clustering) if f not in ("-", "")]
     check_out_dir(args.out, [args.weights, *clustering_files], args.force)
@@ -159,40 +164,18 @@ def run(args) -> int:
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     model, _, normalize, meta = resolve_model(args)
+    budget = budget_from_args(args)
     train_set = load_dataset(args.dataset, "train", args.data_dir, args.download)
     test_set = load_dataset(args.dataset, "test", args.data_dir, args.download)
     size = int(test_set.images.shape[-1])
-    budget = _budget(args, model, normalize, size, train_set)
-    whole = budget is not None  # measured defaults for whole-network budgets, the seed's for chosen layers
-    args.selection = args.selection or ("weights" if whole else "fields")
-    args.cluster = args.cluster or ("kmeans" if whole else "dbscan")
-    if budget is not None and not budget.layers:
-        raise ValueError(f"the folded model already keeps {budget.full['macs']:,.0f} MACs and "
-                         f"{budget.full['params']:,.0f} parameters, within the target: nothing to merge")
-    if budget is not None:  # the groups and the share each keeps come from the target
-        args.layers, args.keep = ",".join(budget.layers), ",".join(f"{k:.6f}" for k in budget.keep)
-        if log:
-            log(f"budget: {budget.predicted['macs'] / budget.full['macs']:.1%} of the MACs and "
-                f"{budget.predicted['params'] / budget.full['params']:.1%} of the parameters of the folded model "
-                f"kept, {len(budget.layers)} groups merged" + (f", skipped {', '.join(budget.skipped)}"
-                                                                 if budget.skipped else ""))
-    paths = resolve_layers(model, args.layers or "first:1", size)
-    given = _load_clusterings(args.clustering, paths)
-    for name, values in (("--eps", args.eps), ("--keep", args.keep)):
-        per_layer(values, len(paths), name, float)
+    paths = "all" if budget is not None else resolve_layers(model, args.layers or "first:1", size)
+    given = {} if budget is not None else _load_clusterings(args.clustering, paths)
+    if budget is None:
+        for name, values in (("--eps", args.eps), ("--keep", args.keep)):
+            per_layer(values, len(paths), name, float)
     train_set, test_set = limit_calibration_and_test(args, train_set, test_set)
-
-    config = RepairConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.repair_batch_size,
-                          stats_augment=not args.no_stats_augment, distill_lr=args.distill_lr,
-                          distill_loss=args.distill_loss)
-    settings = CompressConfig(layers=paths, metric=args.metric, cluster_method=args.cluster, eps=args.eps,
-                              keep=args.keep, selection=args.selection, repair=repairs, repair_config=config,
-                              fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
-                              fields_from=args.fields_from,
-                              between=args.between, merge=args.merge, imed_r=args.imed_r,
-                              min_samples=args.min_samples, seed=args.seed,
-                              batch_size=args.batch_size, device=str(device(args.device)), progress=not args.quiet)
-    result = compress(model, normalize, train_set, test_set, settings, clusterings=given, log=log)
+    settings = config_from_args(args, paths, repairs)
+    result = compress(model, normalize, train_set, test_set, settings, budget=budget, clusterings=given, log=log)
     runs = max(1, args.latency_runs)
     report = build_report(result, latency=not args.no_latency, runs_b1=runs, runs_b256=max(3, runs // 4), log=log)
     report["source"] = {"model": args.model, "weights": args.weights, "dataset": args.dataset,

@@ -18,10 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..repair import check_repairs, get_repair, repair_help
 from .common import add_model_args, check_out_dir, device, limit_calibration_and_test, resolve_model
 
-
-REPAIRS = ["none", "ls-refit", "distill", "ls-refit+distill", "bn-stats"]
 
 
 def register(sub) -> None:
@@ -40,12 +39,12 @@ def register(sub) -> None:
     p.add_argument("--groups", type=int, default=None, help="this many groups in every candidate layer instead")
     p.add_argument("--order", default="energy", choices=["energy", "naive"],
                    help="channel order: energy = the order keeping the most squared weight (default); naive = as is")
-    p.add_argument("--repair", default="none", choices=REPAIRS,
-                   help="ls-refit: each group's least-squares best weights for the dense conv's output (no "
-                        "training); distill: train on the dense model's logits; bn-stats: re-estimate BN "
-                        "statistics only; ls-refit+distill: the one, then the other (a row for each)")
-    p.add_argument("--refit-images", type=int, default=2000, help="ls-refit: at least this many shuffled training images, in whole batches of 256 "
-                        "(default 2000, so 2,048)")
+    p.add_argument("--repair", default="none",
+                   help="a repair or a sequence joined by '+' (a row for each step): " + repair_help() +
+                        ". Here ls-refit gives each group the least-squares best weights for the dense conv's output "
+                        "and distill's teacher is the dense model (ls-refit+distill: the one, then the other)")
+    p.add_argument("--refit-images", type=int, default=2000, help="ls-refit: this many training images, stratified "
+                   "(default 2000)")
     p.add_argument("--epochs", type=int, default=1, help="distill epochs (default 1)")
     p.add_argument("--lr", type=float, default=0.003, help="distill SGD learning rate (default 0.003, compress's)")
     p.add_argument("--batch-size", type=int, default=32, help="distill batch size (default 32, compress's)")
@@ -96,34 +95,15 @@ def _write(out: Path, model, meta: dict, report: dict) -> None:
 
 
 def repair(grouped, dense, kind: str, train_set, mode: str, normalize, args, log=None):
-    """The grouped model after one repair step `kind` ('ls-refit', 'bn-stats' or 'distill' from the
-    dense model), BN statistics re-estimated at the end."""
-    from ..data import BatchLoader
-    from ..repair import bn_recalibrate
+    """The grouped model after one repair step `kind` (any registered repair), against the dense model:
+    ls-refit's reference and distill's teacher, on the model's own input mode and normalization."""
+    from ..repair import RepairConfig, RepairJob, run_repair
 
-    dev = device(args.device)
-    stats = BatchLoader(train_set, batch_size=256, mode=mode, normalize=normalize, shuffle=True, augment=False,
-                        seed=args.seed, device=dev)
-    if kind == "ls-refit":
-        from ..repair import ls_refit_grouped
-
-        take = max(1, -(-args.refit_images // 256))
-        report = ls_refit_grouped(grouped, dense, [b for _, b in zip(range(take), stats)])
-        if log:
-            mean = lambda v: sum(v) / len(v)  # noqa: E731
-            log(f"ls-refit on {report.images} images, {len(report.layers)} layers: relative output error "
-                f"{mean(report.error_before):.4f} -> {mean(report.error_after):.4f} (mean over layers)")
-        return grouped.eval()  # the refit reproduces the dense outputs, which the BN statistics describe
-    if kind == "distill":
-        from ..distill import distill
-        from ..training import TrainConfig
-
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9,
-                             weight_decay=0.0, schedule="cosine", augment=False, seed=args.seed, device=str(dev))
-        distill(grouped, dense, train_set, config, teacher_mode=mode, student_mode=mode, teacher_normalize=normalize,
-                student_normalize=normalize, loss=args.distill_loss, progress=False)
-    # after distillation the running statistics lag behind the weights; bn-stats is this step alone
-    return bn_recalibrate(grouped, stats).eval()
+    config = RepairConfig(epochs=args.epochs, distill_lr=args.lr, batch_size=args.batch_size,
+                          distill_loss=args.distill_loss, refit_images=args.refit_images, stats_augment=False)
+    job = RepairJob(train_set, config, args.seed, device(args.device), mode, normalize, teacher=dense,
+                    teacher_mode=mode, teacher_normalize=normalize, reference=dense)
+    return run_repair(grouped, kind, job).eval()
 
 
 def run(args) -> int:
@@ -136,6 +116,7 @@ def run(args) -> int:
     out = check_out_dir(args.out, [args.weights], args.force)
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_repairs(args.repair)
     if args.repair != "none" and not args.dataset:
         raise ValueError(f"--repair {args.repair} needs --dataset (its training images)")
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -179,7 +160,8 @@ def run(args) -> int:
         final = copy.deepcopy(grouped)
     for i, step in enumerate(steps):
         final = repair(final, dense, step, train_set, mode, normalize, args, log)
-        done = "+".join(k + (f":{args.epochs}" if k == "distill" else "") for k in steps[:i + 1])
+        done = "+".join(k + (f":{args.epochs}" if get_repair(k.partition(":")[0]).trained and ":" not in k else "")
+                        for k in steps[:i + 1])
         rows.append({"key": "grouped+" + "+".join(steps[:i + 1]), "label": f"grouped ({args.order} order)",
                      "mode": mode, "repair": done, "accuracy": score(final), "arch": "grouped"})
         if rows[-1]["accuracy"] is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..pipeline.config import SELECTIONS
+from ..selection import selection_help
 from .common import (add_field_variant_args, add_model_args, check_out_dir, field_variants,
                      limit_calibration_and_test, resolve_model)
 
@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--between", default="none", choices=["none", "ls-refit", "bn-stats"],
                    help="repair after each group's merge (group by group) instead of only at the end")
     p.add_argument("--methods", default="fields,l1,random",
-                   help=f"selections to compare at the same group sizes: {', '.join(SELECTIONS)}")
+                   help=f"selections to compare at the same group sizes ({selection_help()})")
     p.add_argument("--repairs", default="none,ls-refit,bn-train", help="repairs as compress takes them, e.g. "
                    "none,ls-refit,bn-train,distill,ls-refit+distill,finetune:3")
     p.add_argument("--scratch-epochs", type=int, default=None,

@@ -107,7 +107,7 @@ def bench(models: dict[str, tuple[nn.Module, tuple[int, int, int]]], engines: tu
     (`throughput_runs` runs), all models round-robin. ONNX Runtime runs each model's ONNX export
     (`export_onnx`, checked against PyTorch on random inputs before timing).
     """
-    from ..report.costs import count_macs
+    from ..costs import count_macs
 
     if not models:
         raise ValueError("no models to benchmark")

@@ -194,7 +194,11 @@ def fold_to_gray(
     _replace(gray, path, _folded_conv(conv, norm, border))
     arch = getattr(model, "achroma_arch", None)
     if arch is not None:
-        gray.achroma_arch = {**arch, "in_chans": 1}
+        # a registry model is rebuilt with one input channel; a user's class ('module:Name') with its own
+        # arguments, its first conv then resized to the stored weights (surgery.resize_to_state_dict)
+        from ..models.registry import is_import_path
+
+        gray.achroma_arch = dict(arch) if is_import_path(arch.get("name", "")) else {**arch, "in_chans": 1}
     gray.achroma_surgery = True
 
     stats = _measure(model, gray, path, norm, probe)

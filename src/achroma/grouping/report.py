@@ -3,7 +3,7 @@
 Rows as in `report.table` (model, input, repair, accuracy, parameters, MACs per image, relative to
 the dense model), then one row per converted layer (channels, groups, parameters and MACs before
 and after, the kept energy of the chosen and of the naive channel order). Totals are measured on
-the whole models (parameters: `model.parameters()`; MACs: torch's FlopCounter, `report.costs`),
+the whole models (parameters: `model.parameters()`; MACs: torch's FlopCounter, `achroma.costs`),
 and the per-layer closed forms must add up to the measured difference (checked, reported).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from ..report.costs import MACS_METHOD, count_macs
+from ..costs import MACS_METHOD, count_macs
 from .plan import LayerPlan
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Sequence
 
+import torch
 import torch.nn as nn
 
 from ..layers.grouped import group_count, split_sizes
@@ -78,9 +79,12 @@ def _record(model: nn.Module, plans: Sequence[LayerPlan]) -> None:
     setattr(model, ATTR, list(done.values()))
 
 
-def apply_grouping(model: nn.Module, plans: Sequence[LayerPlan], inplace: bool = False) -> nn.Module:
+def apply_grouping(model: nn.Module, plans: Sequence[LayerPlan], inplace: bool = False,
+                   dense_weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """`model` (a copy unless `inplace`) with every planned conv replaced and initialized from its weights.
 
+    `dense_weights`: the (out, in) dense weight of a conv that is grouped already (its block
+    diagonal), by path; a dense conv's own weight is used otherwise.
     The result remembers its plans (`achroma_grouping`), which `save_checkpoint` writes to the JSON.
     """
     out = model if inplace else copy.deepcopy(model)
@@ -90,7 +94,8 @@ def apply_grouping(model: nn.Module, plans: Sequence[LayerPlan], inplace: bool =
                                                                                      plan.out_channels):
             raise ValueError(f"plan for {plan.layer!r} ({plan.in_channels} -> {plan.out_channels}) does not match "
                              f"the model's {type(old).__name__}")
-        new = _build(plan, old).load_dense(old.weight.detach(), None if old.bias is None else old.bias.detach())
+        weight = (dense_weights or {}).get(plan.layer, old.weight.detach())
+        new = _build(plan, old).load_dense(weight, None if old.bias is None else old.bias.detach())
         _set_module(out, plan.layer, new)
     _record(out, plans)
     return out

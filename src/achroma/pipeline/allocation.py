@@ -68,19 +68,21 @@ def sensitivity_widths(cost: WidthCost, target: float, sensitivity: dict[str, fl
 
     current = cost.cost(widths)[by]
     while current > goal:
-        best, best_ratio, best_cost = None, float("inf"), current
+        best, best_ratio, best_cost, best_width = None, float("inf"), current, 0
         for g in free:
-            if widths[g] <= max(2, math.ceil(MIN_SHARE * cost.channels[g])):
+            step = cost.limits.get(g, (1, None))[0]
+            nxt = widths[g] - step
+            if nxt < max(2, math.ceil(MIN_SHARE * cost.channels[g])) or cost.allowed(g, nxt) != nxt:
                 continue
-            trial = cost.cost({**widths, g: widths[g] - 1})[by]
+            trial = cost.cost({**widths, g: nxt})[by]
             saved = current - trial
             if saved <= 0:
                 continue
-            ratio = (damage(g, widths[g] - 1) - damage(g, widths[g])) / saved
+            ratio = (damage(g, nxt) - damage(g, widths[g])) / saved
             if ratio < best_ratio:
-                best, best_ratio, best_cost = g, ratio, trial
+                best, best_ratio, best_cost, best_width = g, ratio, trial, nxt
         if best is None:
             raise ValueError(f"no allocation reaches {target:.0%} of the {by}: the groups left whole cost more")
-        widths[best] -= 1
+        widths[best] = best_width
         current = best_cost
     return widths

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-import torch
 import torch.nn as nn
 
 from ..grouping.module import PermutedGroupedConv
@@ -41,11 +40,25 @@ class _Term:
 
 @dataclass
 class WidthCost:
-    """Parameters and MACs as functions of the kept channels per group (root -> count)."""
+    """Parameters and MACs as functions of the kept channels per group (root -> count).
+
+    limits[g] = (step, max_removed) from the group's constraints (`ChannelGroup`): a group loses
+    channels in multiples of step, at most max_removed (None: all but one). `allowed` applies them,
+    so that no plan asks the merge for a width it must refuse or round.
+    """
 
     channels: dict[str, int]
     params: list[_Term] = field(default_factory=list)
     macs: list[_Term] = field(default_factory=list)
+    limits: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+
+    def allowed(self, g: str, width: int) -> int:
+        """The smallest width >= `width` (and >= 1) that group g can be merged to."""
+        n = self.channels[g]
+        step, most = self.limits.get(g, (1, None))
+        most = n - 1 if most is None else most
+        removed = min(max(0, n - max(1, width)), most)
+        return n - removed // step * step
 
     def _total(self, terms: list[_Term], kept: dict[str, int]) -> float:
         total = 0.0
@@ -102,10 +115,11 @@ def _scaling(module: nn.Module, out_dim: _Dim | None, in_dim: _Dim | None, ndim:
 
 def width_cost(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tuple[int, int, int]) -> WidthCost:
     """The cost model of `model` (uncompressed) over `groups` for inputs of `input_shape`."""
-    from ..report.costs import run_flop_counter
+    from ..costs import run_flop_counter
 
     usable = [g for g in groups if g.refused is None]
-    wc = WidthCost({g.root: g.channels for g in usable})
+    wc = WidthCost({g.root: g.channels for g in usable},
+                   limits={g.root: (g.step, g.max_removed) for g in usable})
     counter = run_flop_counter(model, input_shape)
     root = type(model).__name__  # FlopCounterMode names modules '<root class>.<path>'
     per_module = {k[len(root) + 1:]: v for k, v in counter.get_flop_counts().items() if k.startswith(root + ".")}
@@ -123,30 +137,74 @@ def width_cost(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tu
     return wc
 
 
-def uniform_widths(cost: WidthCost, target: float, by: Target = "macs", skip: Sequence[str] = ()) -> dict[str, int]:
+def uniform_widths(cost: WidthCost, target: float | dict[str, float], by: Target = "macs",
+                   skip: Sequence[str] = ()) -> dict[str, int]:
     """Kept channels per group, the same share k for every group not in `skip`, with k as large as
-    keeps the cost at or below `target` x the full cost (bisection; at least one channel a group)."""
-    if not 0 < target <= 1:
-        raise ValueError(f"target must be a share in (0, 1]; got {target}")
-    goal = target * cost.full[by]
+    keeps the cost at or below `target` x the full cost (bisection; at least one channel a group;
+    each width raised to one the group allows, `WidthCost.allowed`). `target` may be a dict
+    {'macs': 0.5, 'params': 0.5}: every budget is met."""
+    goals = dict(target) if isinstance(target, dict) else {by: target}
+    for what, share in goals.items():
+        if what not in ("macs", "params"):
+            raise ValueError(f"unknown budget {what!r}; budgets are 'macs' and 'params'")
+        if not 0 < share <= 1:
+            raise ValueError(f"target must be a share in (0, 1]; got {share}")
 
     def widths(k: float) -> dict[str, int]:
-        return {g: (n if g in skip else max(1, int(k * n))) for g, n in cost.channels.items()}
+        return {g: (n if g in skip else cost.allowed(g, max(1, int(k * n)))) for g, n in cost.channels.items()}
 
-    if cost.cost(widths(1.0))[by] <= goal:
+    def fits(w: dict[str, int]) -> bool:
+        got = cost.cost(w)
+        return all(got[what] <= share * cost.full[what] * (1 + 1e-12) for what, share in goals.items())
+
+    if fits(widths(1.0)):
         return widths(1.0)
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if cost.cost(widths(mid))[by] <= goal:
+        if fits(widths(mid)):
             lo = mid
         else:
             hi = mid
     found = widths(lo)
-    if cost.cost(found)[by] > goal:
-        raise ValueError(f"no uniform share reaches {target:.0%} of the {by}: the groups left out by skip, or "
-                         "layers outside every group, cost more than that")
+    if not fits(found):
+        names = " and ".join(f"{share:.0%} of the {what}" for what, share in goals.items())
+        raise ValueError(f"no uniform share reaches {names}: the groups left out by skip, the groups that cannot "
+                         "shrink (grouped convs, fixed splits), or layers outside every group cost more than that")
     return found
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A whole-network budget: the share of the folded model's MACs and/or parameters to keep.
+
+    skip: groups to leave whole, named by any conv that writes them ('conv1' for a ResNet's first
+    stream). allocation: 'uniform' (the same share in every group) or 'sensitivity' (shares by each
+    group's measured sensitivity; needs calibration images).
+    """
+
+    macs: float | None = None
+    params: float | None = None
+    skip: tuple[str, ...] = ()
+    allocation: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.macs is None and self.params is None:
+            raise ValueError("a budget needs macs and/or params (the share to keep, e.g. 0.5)")
+        for what in ("macs", "params"):
+            share = getattr(self, what)
+            if share is not None and not 0 < share <= 1:
+                raise ValueError(f"budget {what} must be a share in (0, 1]; got {share}")
+        if self.allocation not in ("uniform", "sensitivity"):
+            raise ValueError(f"unknown allocation {self.allocation!r}; choose uniform or sensitivity")
+        object.__setattr__(self, "skip", tuple(self.skip))
+
+    @property
+    def goals(self) -> dict[str, float]:
+        return {k: v for k, v in (("macs", self.macs), ("params", self.params)) if v is not None}
+
+    def to_dict(self) -> dict:
+        return {"macs": self.macs, "params": self.params, "skip": list(self.skip), "allocation": self.allocation}
 
 
 @dataclass
@@ -164,45 +222,3 @@ class BudgetPlan:
     def summary(self) -> dict:
         return {"layers": self.layers, "keep": self.keep, "widths": self.widths, "predicted": self.predicted,
                 "full": self.full, "skipped": self.skipped, "refused": self.refused}
-
-
-def plan_budget(color_model: nn.Module, normalization, target: float, by: Target = "macs",
-                skip: Sequence[str] = (), size: int = 32, allocation: str = "uniform",
-                calibration: torch.Tensor | None = None) -> BudgetPlan:
-    """Widths for every channel group of the folded gray model so that `by` is at most `target` of
-    the uncompressed gray model's, the same share kept in every group (uniform allocation).
-
-    `skip` names groups to leave whole (by any conv that writes them, e.g. 'conv1' for a ResNet's
-    first stream). allocation: 'uniform' (the same share everywhere) or 'sensitivity' (see
-    `allocation`; needs `calibration`, a raw gray image batch). Returns the layers (group roots) and
-    per-layer keep shares for `compress`.
-    """
-    from ..fold import fold_to_gray
-    from ..surgery.groups import channel_groups
-
-    gray, _ = fold_to_gray(color_model, normalization)
-    p = next(gray.parameters())
-    groups = channel_groups(gray, torch.zeros(1, 1, size, size, dtype=p.dtype, device=p.device))
-    refused = {g.root: g.refused for g in groups if g.refused}
-    writers = {w: g.root for g in groups for w in g.writers}
-    unknown = [s for s in skip if s not in writers]
-    if unknown:
-        raise ValueError(f"--skip {', '.join(unknown)}: not a conv that writes a channel group; "
-                         f"groups: {', '.join(g.root for g in groups)}")
-    skipped = sorted({writers[s] for s in skip})
-    cost = width_cost(gray, groups, (1, size, size))
-    if allocation == "uniform":
-        widths = uniform_widths(cost, target, by, skip=skipped)
-    elif allocation == "sensitivity":
-        from .allocation import measure_sensitivity, sensitivity_widths
-
-        if calibration is None:
-            raise ValueError("the sensitivity allocation needs calibration images")
-        roots = [g for g in cost.channels if g not in skipped]
-        sens = measure_sensitivity(gray, roots, calibration.to(p.device, p.dtype))
-        widths = sensitivity_widths(cost, target, sens, by, skip=skipped)
-    else:
-        raise ValueError(f"unknown allocation {allocation!r}; choose uniform or sensitivity")
-    layers = [g for g, n in widths.items() if n < cost.channels[g]]
-    return BudgetPlan(layers, [widths[g] / cost.channels[g] for g in layers], widths, cost.cost(widths), cost.full,
-                      skipped, refused)

@@ -20,12 +20,14 @@ import torch.nn as nn
 from ..clustering import Clustering
 from ..data import ImageDataset, get_normalization
 from ..fields import compute_receptive_fields
-from ..fold import GRAY_NORMALIZATION, FoldReport, fold_to_gray
+from ..fold import GRAY_NORMALIZATION, FoldReport
 from ..training import count_parameters, evaluate
+from .budget import Budget
+from .compressor import Compressor
 from .config import CompressConfig
-from .merging import LayerResult, MergeContext, merge_network, plan_layers, refit_merges
+from .merging import LayerResult, plan_layers, refit_merges
 from .repairs import repair_model
-from .spec import check_repairs
+from .spec import check_repairs, split_list
 
 Log = Callable[[str], None]
 _FIELD_DEFAULTS = {k: p.default for k, p in inspect.signature(compute_receptive_fields).parameters.items()
@@ -117,36 +119,35 @@ class _Scorer:
 
 
 def compress(model: nn.Module, normalization: str | dict | Any, train_set: ImageDataset, test_set: ImageDataset,
-             config: CompressConfig | None = None, *, clusterings: dict[str, Clustering] | None = None,
-             log: Log | None = print) -> CompressionResult:
-    """Fold `model` (color, normalized by `normalization`) to gray, merge the layers `config` names,
-    repair, score. `train_set` feeds the repairs (and data-driven selections); `test_set` scores every
-    row. `clusterings` gives some layers' clusterings (no fields are computed for them). Stage errors
-    (unknown layer, bad clustering, one cluster, first layer not a conv) are ValueErrors.
+             config: CompressConfig | None = None, *, budget: Budget | None = None,
+             clusterings: dict[str, Clustering] | None = None, log: Log | None = print) -> CompressionResult:
+    """Fold `model` (color, normalized by `normalization`) to gray, merge (the layers `config` names, or
+    every group to `budget`), repair, score. `train_set` feeds the repairs (and data-driven selections);
+    `test_set` scores every row. `clusterings` gives some layers' clusterings (no fields are computed
+    for them). Stage errors (unknown layer, bad clustering, one cluster, first layer not a conv) are
+    ValueErrors, raised before any long work.
     """
-    config = config or CompressConfig()
+    compressor = Compressor(config, budget)
+    config = compressor.config
     start = time.perf_counter()
     say = _clock(log, start)
-    timings: dict[str, float] = {}
     device = torch.device(config.device)
     repairs = check_repairs(config.repair)
     norm = get_normalization(normalization)
     size = int(test_set.images.shape[-1])
     model = copy.deepcopy(model).to(device).eval()  # the caller's model keeps its device and mode
-    plans = plan_layers(model, norm, size, config, clusterings)
+    if budget is None:
+        plan_layers(model, norm, size, config, clusterings)  # fail in a second, before scoring anything
 
     dataset = test_set.extra.get("display_name", test_set.name)
     model_name = (getattr(model, "achroma_arch", None) or {}).get("name")
+    what = (f"budget {', '.join(f'{v:.0%} of the {k}' for k, v in budget.goals.items())}" if budget is not None
+            else f"layers {', '.join(split_list(config.layers))}")
     say(f"{model_name or type(model).__name__} on {dataset}: {len(test_set)} test images, "
-        f"{len(train_set)} calibration images; layers {', '.join(p.path for p in plans)}; "
-        f"selection {config.selection}; repair {', '.join(repairs)}")
-    t = time.perf_counter()
-    probe = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(config.seed))
-    gray, fold_report = fold_to_gray(model, norm, border=config.border, example_input=probe.to(device))
-    gray = gray.to(device).eval()
-    timings["fold"] = time.perf_counter() - t
-    say(f"folded {fold_report.layer} to 1 input channel (border={config.border}; max |logit difference| on gray "
-        f"{fold_report.max_abs_logit_diff:.2e})")
+        f"{len(train_set)} calibration images; {what}; selection {config.selection}; repair {', '.join(repairs)}")
+    compressor.fit(model, norm, train_set, size=size, clusterings=clusterings, log=say)
+    timings: dict[str, float] = dict(compressor.timings_)
+    gray, merged, done = compressor.folded_, compressor.model_, compressor.results_
     score = _Scorer(test_set, config, device, timings, say)
     if test_set.channels == 3:
         score("color", "color model, color images", model, "color", "color", norm)
@@ -155,25 +156,26 @@ def compress(model: nn.Module, normalization: str | dict | Any, train_set: Image
                               "none", None, None, 0, count_parameters(model)))
     score("color-gray3", "color model, gray images copied to 3 channels", model, "color", "gray3", norm)
     score("folded", "folded gray model", gray, "folded", "gray", GRAY_NORMALIZATION)
-
-    context = MergeContext(model, norm, size, torch.zeros(1, 1, size, size, device=device), device, train_set)
-    merged, done = merge_network(gray, plans, config, context, timings, log=say)
     score("merged", "merged gray model, no repair", merged, "merged", "gray", GRAY_NORMALIZATION)
     models = {"color": model, "folded": gray, "merged": merged}
     merges = refit_merges([ly.summary() for ly in done])
     _repair_all(models, repairs, score, train_set, config, norm, device, timings, say, merges)
 
+    plans = compressor.layers_
     settings = {**config.to_dict(), "layers": [p.path for p in plans], "metric": [p.metric for p in plans],
                 "eps": [p.eps for p in plans], "keep": [p.keep for p in plans], "repair": repairs,
                 "fields": {**_FIELD_DEFAULTS, **config.fields, "size": size},
+                "budget": None if budget is None else budget.to_dict(),
+                "plan": None if compressor.plan_ is None else compressor.plan_.summary(),
+                "converted": compressor.converted_,
                 "calibration_images": len(train_set), "test_images": len(test_set), "device": str(device),
                 "threads": torch.get_num_threads()}
     settings.pop("progress")
     timings["total"] = time.perf_counter() - start
     say("done")
     return CompressionResult(dataset=dataset, model_name=model_name, normalization=norm.to_dict(), layers=done,
-                             rows=score.rows, models=models, fold=fold_report, repairs=repairs, settings=settings,
-                             timings=timings)
+                             rows=score.rows, models=models, fold=compressor.fold_, repairs=repairs,
+                             settings=settings, timings=timings)
 
 
 def _repair_all(models: dict[str, nn.Module], repairs: list[str], score: _Scorer, train_set: ImageDataset,

@@ -14,7 +14,6 @@ from .repairs import RepairConfig
 if TYPE_CHECKING:
     from ..clustering import Clustering
 
-SELECTIONS = ("fields", "kernels", "weights", "activations", "random", "l1")
 
 
 @dataclass
@@ -41,10 +40,10 @@ class CompressConfig:
 
     layers: str | Sequence[str] = "first:1"
     metric: str | Sequence[str] = "mse"
-    cluster_method: str = "dbscan"
+    cluster_method: str | None = None  # None: dbscan for chosen layers, kmeans with a budget
     eps: float | str | Sequence[float | None] | None = None
     keep: float | str | Sequence[float | None] | None = None
-    selection: str = "fields"
+    selection: str | None = None  # None: fields for chosen layers, weights with a budget
     repair: str | Sequence[str] = "bn-train"
     repair_config: RepairConfig = field(default_factory=RepairConfig)
     fields: dict[str, Any] = field(default_factory=dict)
@@ -66,8 +65,10 @@ class CompressConfig:
             raise ValueError(f"between must be none, ls-refit or bn-stats; got {self.between!r}")
         if self.merge not in ("average", "medoid"):
             raise ValueError(f"merge must be 'average' or 'medoid'; got {self.merge!r}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"unknown selection {self.selection!r}; choose from {', '.join(SELECTIONS)}")
+        from ..selection import get_selection
+
+        if self.selection is not None:
+            get_selection(self.selection)  # ValueError naming the known ones
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -13,10 +13,11 @@ import torch.nn as nn
 
 from ..distances import METRICS
 from ..fields import conv_forward_order, resolve_conv
+from ..repair import check_repairs, parse_repair_step, repair_names  # noqa: F401  (re-exported)
 
 T = TypeVar("T")
-REPAIRS = ("ls-refit", "bn-train", "bn-stats", "distill", "finetune", "finetune-kd", "none")
-TRAINED_REPAIRS = ("bn-train", "distill", "finetune", "finetune-kd")  # these take an epoch count: finetune:3
+REPAIRS = repair_names()
+TRAINED_REPAIRS = repair_names(trained=True)  # these take an epoch count: finetune:3
 CLUSTER_METHODS = ("dbscan", "kmeans", "agglomerative", "bounded")
 
 
@@ -115,35 +116,6 @@ def check_metric(name: str) -> str:
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
     return name
-
-
-def parse_repair_step(step: str) -> tuple[str, int | None]:
-    """'finetune:3' -> ('finetune', 3); 'bn-train' -> ('bn-train', None) (the config's epochs)."""
-    name, _, epochs = step.partition(":")
-    if name not in REPAIRS:
-        raise ValueError(f"unknown repair {name!r}; choose from {', '.join(REPAIRS)} (or join several with '+')")
-    if not epochs:
-        return name, None
-    if name not in TRAINED_REPAIRS:
-        raise ValueError(f"repair {name!r} takes no epoch count (only {', '.join(TRAINED_REPAIRS)} do)")
-    if not epochs.isdigit() or int(epochs) < 1:
-        raise ValueError(f"repair {step!r}: the epoch count after ':' must be a positive integer")
-    return name, int(epochs)
-
-
-def check_repairs(repair: str | Sequence[str]) -> list[str]:
-    """The repairs to compare, each once: one of REPAIRS, or a sequence of them joined by '+'
-    ('ls-refit+distill': refit, then distill the refit model). Trained repairs may name their
-    epochs ('finetune:3'); without, they train for RepairConfig.epochs."""
-    kinds = split_list(repair) or ["none"]
-    for k in kinds:
-        for step in k.split("+"):
-            parse_repair_step(step)
-    if any("+" in k and "none" in k.split("+") for k in kinds):
-        raise ValueError("'none' cannot be part of a repair sequence")
-    if len(set(kinds)) != len(kinds):
-        raise ValueError(f"repair named more than once: {','.join(kinds)}")
-    return kinds
 
 
 def check_cluster_setting(method: str, eps: float | None, keep: float | None, layer: str) -> None:

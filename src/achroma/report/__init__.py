@@ -4,7 +4,8 @@
     >>> report = build_report(result)          # result from achroma.pipeline.compress
     >>> print(render_markdown(report))
 """
-from .costs import MACS_METHOD, count_macs, flop_counter_flops, measure_latencies, measure_latency
+from ..costs import MACS_METHOD, count_macs, flop_counter_flops
+from ..deploy.latency import measure_latencies, measure_latency
 from .metrics import classification_metrics, plot_confusion, predict_proba
 from .outputs import layer_file_stem, write_outputs
 from .table import build_report, render_markdown, write_report

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from .costs import MACS_METHOD, count_macs, measure_latencies
+from ..costs import MACS_METHOD, count_macs
+from ..deploy.latency import measure_latencies
 
 def _arch(model_key: str) -> str:
     """The model whose costs a row has: 'merged+distill' -> 'merged' (a repair never changes shapes)."""

@@ -41,17 +41,22 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..surgery import channel_constraints, prune_channels, pruning_clustering
 from ._common import Paths, writer_convs
-from .activations import activation_distances
-from .kernels import kernel_distances
-from .magnitude import magnitude_importance, magnitude_keep
-from .random_clusters import random_clustering
-from .weights import filter_weights, weight_distances
+from .base import (DistanceSelection, Selected, Selection, SelectionInput, get_selection, register_selection,
+                   selection_help, selection_names)
+from .clusters import cluster_group
 
-METHODS = ("fields", "kernels", "weights", "activations", "random", "l1")
-DISTANCE_METHODS = ("kernels", "weights", "activations")  # N x N matrix -> cluster by count
-# 'fields' is a distance method too, but its matrix comes from the pipeline's receptive fields.
+# the methods register themselves on import, in this order (the CLI's): the method, then the baselines
+from .fields import FieldSelection  # noqa: E402,I001
+from .kernels import KernelSelection, kernel_distances  # noqa: E402
+from .weights import WeightSelection, filter_weights, weight_distances  # noqa: E402
+from .activations import ActivationSelection, activation_distances  # noqa: E402
+from .random_clusters import RandomSelection, random_clustering  # noqa: E402
+from .magnitude import L1Selection, magnitude_importance, magnitude_keep  # noqa: E402
+
+METHODS = selection_names()
+DISTANCE_METHODS = tuple(n for n in METHODS if isinstance(get_selection(n), DistanceSelection) and n != "fields")
+# 'fields' is a distance method too, but its matrix needs the receptive fields (FieldSelection).
 
 
 def selection_distances(method: str, model: nn.Module, path: Paths, *, metric: str = "mse",
@@ -81,11 +86,15 @@ def selection_distances(method: str, model: nn.Module, path: Paths, *, metric: s
 def require_free(model: nn.Module, path: str, example_input: Any, method: str) -> None:
     """ValueError unless any partition of `path`'s channels can be merged (no grouped conv or split
     in the group): 'random' and 'l1' do not cluster within blocks."""
+    from ..surgery import channel_constraints
+
     if not channel_constraints(model, path, example_input).free:
         raise ValueError(f"method {method!r} is not supported for layer {path!r}: its channels reach a grouped "
                          "conv or a channel split, whose blocks must be clustered separately")
 
 
-__all__ = ["DISTANCE_METHODS", "METHODS", "activation_distances", "filter_weights", "kernel_distances",
-           "magnitude_importance", "magnitude_keep", "prune_channels", "pruning_clustering", "random_clustering",
+__all__ = ["DISTANCE_METHODS", "METHODS", "DistanceSelection", "Selected", "Selection", "SelectionInput",
+           "cluster_group", "get_selection", "FieldSelection", "KernelSelection", "WeightSelection",
+           "ActivationSelection", "RandomSelection", "L1Selection", "register_selection", "selection_help", "selection_names", "activation_distances", "filter_weights", "kernel_distances",
+           "magnitude_importance", "magnitude_keep", "random_clustering",
            "require_free", "selection_distances", "weight_distances", "writer_convs"]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ._common import Paths, writer_convs
+from .base import DistanceSelection, SelectionInput, register_selection
 
 
 class _Moments:
@@ -72,8 +73,9 @@ def activation_distances(model: nn.Module, path: Paths, batches: Iterable[Any],
     may list a group's writers: the matrix is then the mean of the writers' matrices.
     """
     convs = writer_convs(model, path)
-    moments = {p: _Moments() for p, _ in convs}
-    handles = [conv.register_forward_hook(lambda _m, _i, out, p=p: moments[p].add(out)) for p, conv in convs]
+    moments = {p: _Moments() for p, _, _ in convs}
+    handles = [conv.register_forward_hook(lambda _m, _i, out, p=p, r=rows: moments[p].add(out[:, r]))
+               for p, conv, rows in convs]
     flags = {m: m.training for m in model.modules()}
     param = next(model.parameters())
     try:
@@ -91,3 +93,23 @@ def activation_distances(model: nn.Module, path: Paths, batches: Iterable[Any],
     if missing:
         raise ValueError(f"no calibration image reached layer(s) {missing} (empty batches, or not on the forward path)")
     return np.mean([m.distances() for m in moments.values()], axis=0)
+
+
+CALIBRATION_IMAGES = 500  # images whose activations the 'activations' selection correlates
+
+
+@register_selection
+class ActivationSelection(DistanceSelection):
+    name = "activations"
+    help = "1 - correlation of the channels' outputs on calibration images"
+
+    def distances(self, inp: SelectionInput) -> tuple[np.ndarray, dict]:
+        from ..data import BatchLoader
+
+        if inp.calibration is None:
+            raise ValueError("selection 'activations' needs calibration images")
+        calib = inp.calibration
+        if len(calib) > CALIBRATION_IMAGES:
+            calib = calib.stratified_subset(max(1, CALIBRATION_IMAGES // max(1, len(calib.classes))), seed=inp.seed)
+        batches = BatchLoader(calib, batch_size=100, mode="gray", normalize="none", device=inp.device)
+        return activation_distances(inp.model, inp.group.rows, batches), {}

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..distances import pairwise_distances
 from ._common import Paths, writer_convs
+from .base import DistanceSelection, SelectionInput, register_selection
 
 
 def _ssim_window(kernel_size: tuple[int, int]) -> int:
@@ -33,10 +34,20 @@ def kernel_distances(gray_model: nn.Module, path: Paths, metric: str = "mse", **
     then the mean of the writers' matrices, each writer's kernels compared among themselves.
     """
     mats = []
-    for _path, conv in writer_convs(gray_model, path):
-        kernels = conv.weight.detach().to("cpu", torch.float64).numpy()
+    for _path, conv, rows in writer_convs(gray_model, path):
+        kernels = conv.weight.detach()[rows].to("cpu", torch.float64).numpy()
         args = dict(kw)
         if metric == "ssim":
             args.setdefault("win_size", _ssim_window(tuple(kernels.shape[-2:])))
         mats.append(pairwise_distances(kernels, metric, **args))
     return np.mean(mats, axis=0)
+
+
+@register_selection
+class KernelSelection(DistanceSelection):
+    name = "kernels"
+    help = "the metric on the folded kernels (is the ascent worth its cost?)"
+    needs_metric = True
+
+    def distances(self, inp: SelectionInput) -> tuple[np.ndarray, dict[str, Any]]:
+        return kernel_distances(inp.model, inp.group.rows, inp.metric or "mse", **inp.metric_kw), {}

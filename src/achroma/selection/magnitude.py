@@ -31,6 +31,7 @@ from ..surgery.graph import (
     prepare_for_surgery,
 )
 from ..surgery.layers import customized_pruners
+from .base import Selected, Selection, SelectionInput, register_selection
 
 
 def _score_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
@@ -73,3 +74,18 @@ def magnitude_keep(model: nn.Module, path: str, n_keep: int, example_input: Any,
         raise ValueError(f"n_keep must be in [1, {n}]; got {n_keep}")
     pruned = set(torch.topk(scores, k=n - int(n_keep), largest=False).indices.tolist())
     return [c for c in range(n) if c not in pruned]
+
+
+@register_selection
+class L1Selection(Selection):
+    name = "l1"
+    help = "L1 pruning by Torch-Pruning's importance, no merge (is merging better than pruning?)"
+    prunes = True
+
+    def select(self, inp: SelectionInput) -> Selected:
+        from ..clustering import keep_target
+        from ..surgery.prune import pruning_clustering
+
+        n = inp.group.channels
+        keep = magnitude_keep(inp.model, inp.path, keep_target(n, inp.keep), inp.graph.example)
+        return Selected(pruning_clustering(keep, n, layer=inp.path))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..clustering import Clustering
+from .base import Selected, Selection, SelectionInput, register_selection
 
 
 def random_clustering(n_channels: int, n_clusters: int, seed: int = 0, sizes: Sequence[int] | None = None,
@@ -35,3 +36,23 @@ def random_clustering(n_channels: int, n_clusters: int, seed: int = 0, sizes: Se
         reps = [int(rng.choice(np.flatnonzero(labels == c))) for c in range(k)]
     params = {"seed": int(seed)} if sizes is None else {"seed": int(seed), "sizes": sizes}
     return Clustering(labels, reps, k, "random", params, layer)
+
+
+@register_selection
+class RandomSelection(Selection):
+    name = "random"
+    help = "random clusters, merged like ours (does choosing the clusters matter?)"
+
+    def select(self, inp: SelectionInput) -> Selected:
+        from ..clustering import keep_target
+
+        require_free(inp.graph, inp.path, self.name)
+        n = inp.group.channels
+        return Selected(random_clustering(n, keep_target(n, inp.keep), inp.seed, layer=inp.path))
+
+
+def require_free(graph, path: str, method: str) -> None:
+    """ValueError unless any partition of `path`'s channels can be merged (no grouped conv or split in the group)."""
+    if not graph.constraints(path).free:
+        raise ValueError(f"method {method!r} is not supported for layer {path!r}: its channels reach a grouped "
+                         "conv or a channel split, whose blocks must be clustered separately")

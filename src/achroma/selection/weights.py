@@ -15,14 +15,25 @@ from scipy.spatial.distance import pdist, squareform
 from torch import nn
 
 from ._common import Paths, writer_convs
+from .base import DistanceSelection, SelectionInput, register_selection
 
 
 def filter_weights(model: nn.Module, path: Paths) -> np.ndarray:
     """(N, D) float64: row c is filter c's flattened weights (all writers' filters c, concatenated)."""
-    rows = [conv.weight.detach().to("cpu", torch.float64).flatten(1).numpy() for _p, conv in writer_convs(model, path)]
-    return np.concatenate(rows, axis=1)
+    parts = [conv.weight.detach()[rows].to("cpu", torch.float64).flatten(1).numpy()
+             for _p, conv, rows in writer_convs(model, path)]
+    return np.concatenate(parts, axis=1)
 
 
 def weight_distances(model: nn.Module, path: Paths) -> np.ndarray:
     """N x N Euclidean distances between `path`'s flattened filters (writers concatenated, when a list)."""
     return squareform(pdist(filter_weights(model, path), "euclidean"))
+
+
+@register_selection
+class WeightSelection(DistanceSelection):
+    name = "weights"
+    help = "k-means on the raw filter weights (the whole-network default: it won the sweeps)"
+
+    def distances(self, inp: SelectionInput) -> tuple[np.ndarray, dict]:
+        return weight_distances(inp.model, inp.group.rows), {}

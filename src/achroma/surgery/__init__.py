@@ -11,7 +11,8 @@ from .graph import (ChannelConstraints, ChannelUse, Partition, channel_constrain
                     trace_channel_group, trace_channel_uses)
 from .head import find_classifier, replace_classifier
 from .layers import ChannelMapShortcut, ChannelShuffle, convert_shortcuts, convert_shuffles
-from .merge import cluster_groups, merge_channels
+from .groups import merge_channels
+from .merge import cluster_groups
 from .overlap import check_disjoint_groups
 from .prune import prune_channels, pruning_clustering
 from .reinit import reinitialize

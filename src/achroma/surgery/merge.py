@@ -10,16 +10,14 @@ every producer) therefore merge with no change in the output.
 """
 from __future__ import annotations
 
-import copy
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from ..grouping.module import PermutedGroupedConv
-from .graph import (ChannelUse, build_graph, channel_uses, constraints_of, is_grouped, prepare_for_surgery,
-                    resolve_conv)
+from .graph import ChannelUse, is_grouped
 from .layers import restore_plain_shuffles
 from .scales import channel_scales, is_batchnorm, member_scales, merge_batchnorm, merge_consumer, merge_linear
 
@@ -189,32 +187,14 @@ def _grouped_consumer_weights(modules: dict[str, nn.Module], uses: list[ChannelU
     return fixed
 
 
-def merge_channels(
-    model: nn.Module,
-    layer_path: str,
-    clustering: Clustering | Sequence[int] | np.ndarray,
-    example_input: Any,
-    *,
-    fold: bool = True,
-) -> nn.Module:
-    """A new model in which each cluster of `layer_path`'s output channels is one channel.
-
-    `clustering` labels the conv's output channels (a Clustering, or labels with -1 for outliers);
-    `example_input` is a batch the model accepts (small is fine) for tracing. The input model is
-    not modified. fold=False skips the fold: the representatives are kept as they are and the
-    other members are only removed (plain pruning, see `prune.prune_channels`). Raises ValueError
-    for an unknown layer path, a label count that differs from the channel count, a single
-    cluster, or layers in the group that cannot be merged.
-    """
-    resolve_conv(model, layer_path)
-    work = prepare_for_surgery(copy.deepcopy(model))
-    conv = resolve_conv(work, layer_path)
+def merge_traced(graph, layer_path: str, clustering: Clustering | Sequence[int] | np.ndarray,
+                 *, fold: bool = True) -> nn.Module:
+    """`groups.merge_channels` on a traced `ChannelGraph`'s copy of the model (edited in place and returned)."""
+    work, dg = graph.work, graph.dg
+    conv = graph.conv(layer_path)
     groups = cluster_groups(clustering, conv.out_channels)
-    dg = build_graph(work, example_input)
-    if conv not in dg.module2node:
-        raise ValueError(f"layer {layer_path!r} is not reached by a forward pass of the example input")
-    uses = channel_uses(dg, work, conv)
-    constraints_of(dg, work, conv, layer_path, uses).check(groups)  # grouped convs, channel splits
+    uses = graph.uses(layer_path)
+    graph.constraints(layer_path).check(groups)  # grouped convs, channel splits
     modules = dict(work.named_modules())
     for use in uses:  # errors (a cluster cut by a split) before anything changes
         _visible(use, groups)

@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from .graph import channel_constraints, resolve_conv
-from .merge import merge_channels
+from .groups import merge_channels
 
 if TYPE_CHECKING:
     from ..clustering import Clustering

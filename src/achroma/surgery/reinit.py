@@ -24,4 +24,7 @@ def reinitialize(model: nn.Module, seed: int | None = None) -> nn.Module:
                             "reset_parameters(): cannot re-initialize it")
         if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
             module.reset_running_stats()
+        if isinstance(getattr(module, "border_kernel", None), torch.Tensor):  # the fold's border term: from
+            with torch.no_grad():  # scratch the first conv is a plain conv on raw gray
+                module.border_kernel.zero_()
     return model

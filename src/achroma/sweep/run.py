@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,14 +19,15 @@ import torch
 import torch.nn as nn
 
 from ..data import ImageDataset, get_normalization
-from ..fold import GRAY_NORMALIZATION, fold_to_gray
+from ..fold import GRAY_NORMALIZATION
 from ..io import load_checkpoint, save_checkpoint
-from ..pipeline import CompressConfig, repair_model
+from ..pipeline import Budget, CompressConfig, Compressor, repair_model
 from ..pipeline.merging import refit_merges
-from ..pipeline.to_budget import merge_to_budget
 from ..pipeline.spec import check_repairs
 from ..progress import progress
 from ..report import count_macs
+from ..report.table import stage_seconds
+from ..surgery import reinitialize
 from ..training import TrainConfig, count_parameters, evaluate, train
 from .store import PointKey, ResultStore
 
@@ -149,10 +150,7 @@ class Sweep:
     def gray(self) -> nn.Module:
         """The folded gray model (exact border), made once."""
         if self._gray is None:
-            probe = torch.rand(2, 1, self.size, self.size, generator=torch.Generator().manual_seed(0))
-            gray, _ = fold_to_gray(self.color, self.norm, border=self.config.merge.border,
-                                   example_input=probe.to(self.device))
-            self._gray = gray.to(self.device).eval()
+            self._gray, _ = Compressor(self.config.merge).fold(self.color, self.norm, self.size)
         return self._gray
 
     def _model_path(self, target: float, method: str) -> Path:
@@ -177,22 +175,19 @@ class Sweep:
     def _merge(self, target: float, method: str) -> tuple[nn.Module, dict[str, Any]]:
         c = self.config
         self.log(f"merging for {c.by} {target:g} by {method}")
-        merge = CompressConfig(**{**asdict(c.merge), "repair_config": c.merge.repair_config, "selection": method})
-        return merge_to_budget(self.color, self.norm, self.gray, target, merge, by=c.by, skip=c.skip, size=self.size,
-                               allocation=c.allocation, calibration=self.train_set, device=self.device)
+        merge = replace(c.merge, selection=method, progress=False)
+        comp = Compressor(merge, Budget(**{c.by: target}, skip=tuple(c.skip), allocation=c.allocation))
+        comp.fit(self.color, self.norm, self.train_set, size=self.size)
+        summary = comp.summary()
+        return comp.model_.eval(), {"macs": summary["macs"], "widths": comp.plan_.widths,
+                                    "predicted": comp.plan_.predicted, "seconds": stage_seconds(comp.timings_),
+                                    "layers": summary["layers"]}
 
     def _scratch(self, target: float) -> tuple[nn.Module, dict[str, Any]]:
         """The compressed architecture (that of the first method's merged model) re-initialized and trained
         on gray images with labels for `scratch_epochs`, the training recipe of `achroma train`."""
         base, info = self._model(target, self.config.methods[0])
-        model = copy.deepcopy(base)
-        torch.manual_seed(self.config.merge.seed)
-        for m in model.modules():
-            if hasattr(m, "reset_parameters") and m is not model:
-                m.reset_parameters()
-            if hasattr(m, "border_kernel"):  # the fold's border term: a plain conv on raw gray from scratch
-                with torch.no_grad():
-                    m.border_kernel.zero_()
+        model = reinitialize(copy.deepcopy(base), seed=self.config.merge.seed)
         cfg = TrainConfig(epochs=int(self.config.scratch_epochs), batch_size=min(128, len(self.train_set)),
                           mode="gray", normalize="none",
                           seed=self.config.merge.seed, device=str(self.device))

@@ -17,9 +17,10 @@ import torch
 import torch.nn as nn
 
 from ..data import ImageDataset, fit_dataset, get_normalization, known_caveats
-from ..fold import GRAY_NORMALIZATION, fold_to_gray
+from ..fold import GRAY_NORMALIZATION
 from ..models import create_model
-from ..report.costs import count_macs, measure_latency
+from ..costs import count_macs
+from ..deploy.latency import measure_latency
 from ..report.metrics import classification_metrics, predict_proba
 from ..surgery import replace_classifier
 from ..training import (TrainConfig, balanced_class_weights, classification_loss, count_parameters, train,
@@ -101,18 +102,20 @@ def build_start(color: nn.Module, color_norm: Any, config: TransferConfig, size:
             torch.manual_seed(config.seed)
             model = create_model(name, **{**arch, "in_chans": 1})
         return model.to(config.device), "gray", GRAY_NORMALIZATION, {}
-    probe = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(config.seed))
-    gray, fold_report = fold_to_gray(color, color_norm, example_input=probe.to(config.device))
+    from ..pipeline import Budget, CompressConfig, Compressor
+
+    merge = CompressConfig(selection=config.selection, cluster_method=config.cluster, seed=config.seed,
+                           device=config.device, progress=False)
+    budget = None if config.target is None else Budget(**{config.by: config.target})
+    comp = Compressor(merge, budget)
+    gray, fold_report = comp.fold(color, color_norm, size)
     info: dict[str, Any] = {"fold": {"layer": fold_report.layer,
                                      "max_abs_logit_diff": fold_report.max_abs_logit_diff}}
-    if config.target is not None:
-        from ..pipeline import CompressConfig
-        from ..pipeline.to_budget import merge_to_budget
-
-        merge = CompressConfig(selection=config.selection, cluster_method=config.cluster, seed=config.seed,
-                               device=config.device, progress=False)
-        gray, info["merge"] = merge_to_budget(color, color_norm, gray, config.target, merge, by=config.by,
-                                              size=size, calibration=calibration, device=config.device)
+    if budget is not None:
+        comp.fit(color, color_norm, calibration, size=size)
+        gray, summary = comp.model_, comp.summary()
+        info["merge"] = {"macs": summary["macs"], "widths": comp.plan_.widths, "predicted": comp.plan_.predicted,
+                         "seconds": summary["seconds"], "layers": summary["layers"]}
     return gray.to(config.device), "gray", GRAY_NORMALIZATION, info
 
 

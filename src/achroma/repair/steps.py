@@ -1,0 +1,145 @@
+"""The registered repairs: one class each, in the order the CLI lists them.
+
+ls-refit solves, in closed form, for the weights of every layer that differs from the reference
+(the consumers of merged channels, the merged producers, grouped pointwise convs) so that it
+reproduces the reference's outputs there; bn-train and bn-stats touch the BN layers only; distill
+trains every weight to regress the teacher's logits on the same images; finetune trains every
+weight on the labels (finetune-kd: labels plus Hinton distillation from the teacher).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import Repair, RepairJob, register_repair
+
+
+def _loader(job: RepairJob, batch_size: int, shuffle: bool = True, augment: bool = False):
+    from ..data import BatchLoader
+
+    return BatchLoader(job.images, batch_size=batch_size, mode=job.mode, normalize=job.normalize, shuffle=shuffle,
+                       augment=augment, seed=job.seed, device=job.device)
+
+
+def _stats(model: nn.Module, job: RepairJob, augment: bool | None = None) -> nn.Module:
+    """BN running statistics re-estimated on images drawn as the weights were last trained on."""
+    from .bn import bn_recalibrate
+
+    augment = job.config.stats_augment if augment is None else augment
+    return bn_recalibrate(model, _loader(job, job.config.stats_batch_size, augment=augment)).eval()
+
+
+@register_repair
+class NoRepair(Repair):
+    name, help = "none", "the model as merged"
+
+    def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+        return model
+
+
+@register_repair
+class LsRefit(Repair):
+    name = "ls-refit"
+    help = "least-squares refit of every layer that differs from the uncompressed model (no training)"
+
+    def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+        from ..grouping.module import PermutedGroupedConv
+        from .grouped_refit import ls_refit_grouped
+        from .refit import ls_refit
+
+        if job.reference is None:
+            raise ValueError("the ls-refit repair needs the uncompressed gray model as reference")
+        images = job.images
+        if job.config.refit_images < len(images):
+            images = images.stratified_subset(max(1, job.config.refit_images // max(1, len(images.classes))))
+        batches = list(_loader(RepairJob(images, job.config, job.seed, job.device, job.mode, job.normalize), 256,
+                               shuffle=False))
+        reference = job.reference.to(job.device)
+        grouped = [p for p, m in model.named_modules() if isinstance(m, PermutedGroupedConv)
+                   and isinstance(reference.get_submodule(p), nn.Conv2d)]
+        if grouped:  # dense 1x1 convs made grouped (achroma group): each group's best weights
+            ls_refit_grouped(model, reference, batches, ridge=job.config.refit_ridge)
+        if job.merges or not grouped:
+            ls_refit(model, reference, batches, ridge=job.config.refit_ridge, size=job.size, merges=job.merges)
+        return model.eval()
+
+
+@register_repair
+class BnTrain(Repair):
+    name, help, trained = "bn-train", "the BN affines trained on the labels (the notebook's repair)", True
+
+    def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+        from .bn import bn_train
+
+        loader = _loader(job, job.config.batch_size, augment=job.config.augment)
+
+        def epochs():
+            for epoch in range(job.config.epochs):
+                loader.set_epoch(epoch)
+                yield from loader
+
+        torch.manual_seed(job.seed)
+        return bn_train(model, epochs(), epochs=1, lr=job.config.lr, momentum=job.config.momentum)
+
+
+@register_repair
+class BnStats(Repair):
+    name, help = "bn-stats", "BN running statistics re-estimated on the repair images"
+
+    def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+        return _stats(model, job)
+
+
+@register_repair
+class Distill(Repair):
+    name, help, trained = "distill", "every weight trained to regress the teacher's logits (no labels)", True
+
+    def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+        from ..distill import distill
+        from ..training import TrainConfig
+
+        if job.teacher is None:
+            raise ValueError("the distill repair needs the color model as teacher")
+        c = job.config
+        train = TrainConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.distill_lr, momentum=0.9, weight_decay=0.0,
+                            schedule="cosine", augment=c.augment, seed=job.seed, device=str(job.device))
+        distill(model, job.teacher, job.images, train, teacher_mode=job.teacher_input_mode(), student_mode=job.mode,
+                teacher_normalize=job.teacher_normalize, student_normalize=job.normalize, loss=c.distill_loss,
+                progress=False)
+        # the weights moved in train mode, so the running statistics lag behind them: re-estimate them
+        # on images drawn as in this training (plain unless config.augment), not as in the original one
+        return _stats(model, job, augment=c.augment)
+
+
+class _Finetune(Repair):
+    trained = True
+    kd = False
+
+    def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+        from ..distill import distill
+        from ..training import TrainConfig, train
+
+        c = job.config
+        batch = min(c.finetune_batch_size, len(job.images))  # a small repair set still gets a step per epoch
+        config = TrainConfig(epochs=c.epochs, batch_size=batch, lr=c.finetune_lr, momentum=0.9,
+                             weight_decay=c.finetune_weight_decay, schedule="cosine", mode=job.mode,
+                             normalize=job.normalize, augment=True, seed=job.seed, device=str(job.device))
+        if not self.kd:
+            train(model, job.images, config, resume=False)
+            return model.eval()
+        if job.teacher is None:
+            raise ValueError("the finetune-kd repair needs the color model as teacher")
+        distill(model, job.teacher, job.images, config, teacher_mode=job.teacher_input_mode(), student_mode=job.mode,
+                teacher_normalize=job.teacher_normalize, student_normalize=job.normalize, loss="kd",
+                T=c.kd_temperature, alpha=c.kd_alpha, progress=False)
+        return model.eval()
+
+
+@register_repair
+class Finetune(_Finetune):
+    name, help = "finetune", "every weight trained on the labels (ordinary training, gently)"
+
+
+@register_repair
+class FinetuneKD(_Finetune):
+    name, help, kd = "finetune-kd", "labels plus Hinton distillation from the teacher", True
