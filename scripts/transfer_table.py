@@ -34,7 +34,7 @@ def latencies(found: list[dict], runs_per_model: int) -> dict[tuple[str, str], f
     import torch
 
     from achroma.io import load_checkpoint
-    from achroma.report.costs import measure_latencies
+    from achroma.deploy.latency import measure_latencies
 
     torch.set_num_threads(1)
     models = {}

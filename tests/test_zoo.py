@@ -18,6 +18,7 @@ The README's family table is made from these results: the test fails when it dif
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 import warnings
@@ -215,28 +216,49 @@ def _zoo_case(fam: str) -> dict:
     return {"family": fam, "model": PICK[fam][0], "size": PICK[fam][1], "fold_rel": fold_rel, **cases}
 
 
-@lru_cache(maxsize=None)
+# the heaviest first, so that two workers finish together
+WHOLE_ORDER = ["efficientnet_v2", "wide_resnet", "densenet", "resnext", "efficientnet", "inception_v3", "regnet_x",
+               "regnet_y", "vgg", "maxvit", "googlenet", "mobilenet_v2", "alexnet", "mnasnet", "shufflenet_v2",
+               "mobilenet_v3", "resnet", "squeezenet", "vit", "convnext", "swin", "swin_v2"]
+_WHOLE: dict[str, dict] = {}
+
+
 def whole_case(fam: str) -> dict:
-    with one_thread():
-        return _whole_case(fam)
+    """The whole-network outcome of `fam`; every family's is computed on the first call, two processes at once
+    (one thread each: the 2-core machine's cores both busy, about half the time of one process)."""
+    if fam not in _WHOLE:
+        import concurrent.futures
+        import multiprocessing
+
+        todo = [f for f in WHOLE_ORDER if f not in _WHOLE]
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+            _WHOLE.update(zip(todo, pool.map(_whole_worker, todo)))
+    return _WHOLE[fam]
+
+
+def _whole_worker(fam: str) -> dict:
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    return _whole_case(fam)
 
 
 def _whole_case(fam: str) -> dict:
     model, x = _build(fam)
     size = int(x.shape[-1])
     out: dict = {"family": fam}
-    try:
+    try:  # the budget in float32 (as deployed; float64 doubles the time), the duplicates in float64 below
         comp = Compressor(CompressConfig(seed=0, selection="weights", progress=False), Budget(macs=0.5))
-        comp.fit(model, "imagenet", size=size)
+        comp.fit(copy.deepcopy(model).float(), "imagenet", size=size)
     except ValueError as err:
         out["refused"] = str(err)
         return out
-    groups = ChannelGraph(comp.folded_, x[:1, :1]).groups()
-    cost = width_cost(comp.folded_, groups, (1, size, size))
+    x32 = x.float()
+    cost = width_cost(comp.folded_, comp.groups_, (1, size, size))
     slack = sum(cost.full["macs"] - cost.cost({g: cost.channels[g] - 1})["macs"] for g in comp.plan_.layers)
     folded, merged = count_macs(comp.folded_, (1, size, size)), count_macs(comp.model_, (1, size, size))
     with torch.no_grad():
-        finite = bool(torch.isfinite(comp.model_(x[:, :1])).all())
+        finite = bool(torch.isfinite(comp.model_(x32[:, :1])).all())
     out.update(folded=folded, merged=merged, slack=slack, finite=finite, groups=len(comp.plan_.layers),
                converted=comp.converted_)
     del comp
@@ -253,25 +275,33 @@ def _duplicates_everywhere(model: nn.Module, x: torch.Tensor) -> dict:
     for g in graph.groups():
         if g.refused is not None or g.max_removed == 0:
             continue
-        pairs = _pairs(graph.constraints(g.root))
+        constraints = graph.constraints(g.root)
+        pairs = [(0, 1)] if constraints.free else _pairs(constraints)  # disjoint from any other pair
+        if constraints.free and g.channels < 3:
+            continue  # a pair of a 2-channel group would leave one channel: refused by design
         copy_channels(gray, graph.uses(g.root), pairs)
         plan.append((g.root, pairs, g.channels))
     with torch.no_grad():
         before = gray(gray_in)
     current = gray
-    for root, pairs, n in plan:
-        current = merge_channels(current, root, _labels(pairs, n), gray_in[:1])
+    for root, pairs, n in plan:  # one trace a step; after the first, the graph edits its own model
+        current = ChannelGraph(current, gray_in[:1], own=current is not gray).merge(root, _labels(pairs, n))
     with torch.no_grad():
         after = current(gray_in)
     return {"dup_groups": len(plan), "dup_rel": _rel(after, before)}
+
+
+# whole networks whose groups are refused (or too few left to reach half the MACs), and the structure named
+WHOLE_REFUSALS = {"convnext": "LayerNorm", "swin": "LayerNorm", "swin_v2": "LayerNorm", "vit": "bare parameter",
+                  "maxvit": "cannot be merged at all"}
 
 
 @pytest.mark.parametrize("fam", sorted(PICK))
 def test_zoo_whole_network(fam):
     case = whole_case(fam)
     if "refused" in case:
-        assert fam in EXPECTED_REFUSALS, f"{fam}: whole network refused: {case['refused']}"
-        assert EXPECTED_REFUSALS[fam][0] in case["refused"], case["refused"]
+        assert fam in WHOLE_REFUSALS, f"{fam}: whole network refused: {case['refused']}"
+        assert WHOLE_REFUSALS[fam] in case["refused"], case["refused"]
         return
     assert case["merged"] <= 0.5 * case["folded"] + case["slack"], case
     assert case["finite"]
@@ -282,6 +312,7 @@ def test_one_variant_of_every_family():
     families = {family(n) for n in tvm.list_models(module=tvm)}
     assert families == set(PICK), f"families not covered / gone: {families ^ set(PICK)}"
     assert all(family(v) == f for f, (v, _, _) in PICK.items())
+    assert sorted(WHOLE_ORDER) == sorted(PICK)
 
 
 @pytest.mark.parametrize("fam", sorted(PICK))

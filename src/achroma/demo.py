@@ -5,6 +5,9 @@ test CIFAR-10 (JPEG) images ship in `achroma/assets`. The demo folds the model t
 first conv layer's filters (MSE between receptive fields, DBSCAN keeping about 55%), repairs it two
 ways for one epoch (distillation from the color model, kept in the saved model; the notebook's
 BN-only training), gives the uncompressed folded model the same repairs, and prints the table.
+Then the product: the whole network at half the MACs (the budget's default selection, k-means on
+the weights) with the recommended repair (one epoch of distillation), beside the uncompressed gray
+model given the very same repair; that model and its report go to `whole-network/`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,17 @@ from typing import Any
 DEMO_DATA = "demo-cifar10-jpeg.tar.gz"
 DEMO_MODEL = "demo-model.safetensors"
 DISPLAY_NAME = "CIFAR-10 (JPEG), demo subset"
+WHOLE_MACS = 0.5  # the whole-network budget: the share of the folded model's MACs kept
+
+
+def whole_table(report: dict[str, Any]) -> str:
+    """The whole-network rows as a short Markdown table (the report's own table, without the color rows)."""
+    from .report.table import render_markdown
+
+    table = [line for line in render_markdown(report).splitlines() if line.startswith("|")]
+    keep = [line for line in table if not line.startswith("| color model")]
+    head = f"## The whole network at {WHOLE_MACS:.0%} of the MACs, one epoch of distillation"
+    return "\n".join([head, "", *keep[:2 + 4], ""])
 
 
 def assets_dir() -> Path:
@@ -80,7 +94,7 @@ def _run(out_dir: str | Path | None, model_path: str | Path | None, data_path: s
 
     from .data import load_dataset
     from .io import load_checkpoint
-    from .pipeline import CompressConfig, compress
+    from .pipeline import Budget, CompressConfig, compress
     from .report import build_report, render_markdown, write_outputs
 
     start = time.perf_counter()
@@ -112,6 +126,15 @@ def _run(out_dir: str | Path | None, model_path: str | Path | None, data_path: s
              "source": {"weights": str(model_path)}}
     write_outputs(out, result, report, extra)
     print(render_markdown(report))
+
+    log("the whole network at half the MACs, repaired by one epoch of distillation")
+    whole = compress(model, meta.get("normalization", "cifar"), train_set, test_set,
+                     CompressConfig(repair="distill", progress=progress), budget=Budget(macs=WHOLE_MACS), log=log)
+    whole_report = build_report(whole, latency=latency, runs_b1=20, runs_b256=3, log=log)
+    whole_report["demo"] = True
+    write_outputs(out / "whole-network", whole, whole_report, extra)
+    report["whole_network"] = {"rows": whole_report["rows"], "plan": whole.settings["plan"]}
+    print(whole_table(whole_report))
     print(f"wrote {out} in {time.perf_counter() - start:.0f} s: model.safetensors (the gray compressed model; "
           f"`achroma evaluate --weights {out / 'model.safetensors'} --dataset tar:{data_path} --mode gray`), "
           "report.md, report.json, clustering and figures")

@@ -17,6 +17,19 @@ def add_data_args(p: argparse.ArgumentParser, mode: bool = True) -> None:
                        help="cifar | imagenet | none | half | 'MEAN,..:STD,..' (default: the checkpoint's, else cifar)")
 
 
+def add_run_args(p: argparse.ArgumentParser, out_help: str, *, force: bool = True, quiet: bool = False,
+                 device: str = "cpu") -> None:
+    """The flags every long-running command shares: --seed, --threads, --device, --out, --force, --quiet."""
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default=device, help=f"cpu | cuda | auto (default {device})")
+    p.add_argument("--out", required=True, help=out_help)
+    if force:
+        p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def add_field_variant_args(p: argparse.ArgumentParser) -> None:
     """The receptive-field variants of `compute_receptive_fields` (defaults: the notebook's recipe)."""
     from ..fields.objectives import POINTS, REDUCTIONS

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..selection import selection_help, selection_names
-from .common import (add_field_variant_args, add_model_args, check_out_dir, field_variants,
+from .common import (add_field_variant_args, add_model_args, add_run_args, check_out_dir, field_variants,
                      limit_calibration_and_test, resolve_model)
 
 
@@ -79,17 +79,12 @@ def register(sub) -> None:
                    help="distill repair: logit MSE (default) or Hinton KD")
     p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class (default all)")
     p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class (default all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="evaluation batch size (default 64 on a CPU, 500 on a GPU)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (latency is always measured on the CPU)")
     p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurements")
     p.add_argument("--latency-runs", type=int, default=20, help="runs at batch 1 (batch 256 gets a quarter, >= 3)")
-    p.add_argument("--out", required=True, help="output folder (model.safetensors/.json, report.md/.json, "
-                   "clustering-<layer>.json, figures)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--quiet", action="store_true", help="no progress output; print only the table")
+    add_run_args(p, "output folder (model.safetensors/.json, report.md/.json, clustering-<layer>.json, figures)",
+                 quiet=True)
     p.set_defaults(func=run)
 
 

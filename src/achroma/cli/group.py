@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ..repair import check_repairs, get_repair, repair_help
-from .common import add_model_args, check_out_dir, device, limit_calibration_and_test, resolve_model
+from .common import add_model_args, add_run_args, check_out_dir, device, limit_calibration_and_test, resolve_model
 
 
 
@@ -59,12 +59,7 @@ def register(sub) -> None:
     p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class")
     p.add_argument("--size", type=int, default=None, help="input size for tracing and MACs (default: the data's, "
                    "else 32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True, help="output folder: model.safetensors/.json, report.md/.json")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--quiet", action="store_true")
+    add_run_args(p, "output folder: model.safetensors/.json, report.md/.json", quiet=True)
     p.set_defaults(func=run)
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..selection import selection_help
-from .common import (add_field_variant_args, add_model_args, check_out_dir, field_variants,
+from .common import (add_run_args, add_field_variant_args, add_model_args, check_out_dir, field_variants,
                      limit_calibration_and_test, resolve_model)
 
 
@@ -49,13 +49,9 @@ def register(sub) -> None:
     p.add_argument("--repair-batch-size", type=int, default=32)
     p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class (default all)")
     p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class (default all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True, help="sweep folder (created; an existing sweep folder is resumed)")
+    add_run_args(p, "sweep folder (created; an existing sweep folder is resumed)", force=False, quiet=True)
     p.add_argument("--report-only", action="store_true", help="only rewrite tables and plots from the folder")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
 

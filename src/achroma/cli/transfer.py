@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_args, check_out_dir, resolve_model
+from .common import add_model_args, add_run_args, check_out_dir, resolve_model
 
 
 def register(sub) -> None:
@@ -38,12 +38,8 @@ def register(sub) -> None:
     p.add_argument("--class-weights", default="none", choices=["none", "balanced"])
     p.add_argument("--limit", type=int, default=None, help="train on N images of each class (quick runs)")
     p.add_argument("--test-limit", type=int, default=None, help="score N test images of each class (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--latency-runs", type=int, default=20, help="0: skip the CPU latency measurement")
-    p.add_argument("--out", required=True, help="output folder (never the input model's)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    add_run_args(p, "output folder (never the input model's)")
     p.set_defaults(func=run)
 
 

@@ -71,7 +71,7 @@ def search_keep(
     merge at a time when distances are distinct, so it lands within one filter; exact ties can
     force bigger steps. kmeans / agglomerative / bounded: n_clusters is the target itself.
     The target is stored in `target_`. Extra keywords go to the estimator
-    (dbscan: min_samples, scale; kmeans: n_init, random_state; agglomerative: linkage, scale;
+    (dbscan: min_samples, scale; kmeans: n_init, random_state, features; agglomerative: linkage, scale;
     bounded: max_size).
     """
     d = check_distance_matrix(distance_matrix)
@@ -81,7 +81,8 @@ def search_keep(
         if kw:
             raise ValueError(f"unexpected arguments for dbscan: {sorted(kw)}")
     elif method == "kmeans":
-        est = KMeansClustering(n_clusters=target, **kw).fit(d)
+        features = kw.pop("features", None)
+        est = KMeansClustering(n_clusters=target, **kw).fit(d, features=features)
     elif method == "agglomerative":
         est = AgglomerativeClustering(n_clusters=target, **kw).fit(d)
     elif method == "bounded":

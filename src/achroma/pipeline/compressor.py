@@ -26,7 +26,7 @@ from ..clustering import Clustering
 from ..data import get_normalization
 from ..fold import FoldReport, fold_to_gray
 from ..costs import count_macs
-from ..surgery.groups import unequal_groups
+from ..surgery.groups import ChannelGraph, unequal_groups
 from ..training import count_parameters
 from .budget import Budget, BudgetPlan
 from .config import CompressConfig, LayerPlan
@@ -50,7 +50,8 @@ class Compressor:
     """Fold -> plan -> merge, built once, fitted on (color model, normalization, calibration images).
 
     Fitted attributes: `folded_` (the exact gray fold), `model_` (merged), `fold_` (FoldReport),
-    `plan_` (BudgetPlan, with a budget), `layers_` (one LayerPlan each), `results_` (LayerResult
+    `plan_` (BudgetPlan, with a budget), `groups_` (the folded model's channel groups the plan
+    shares the budget among, with a budget), `layers_` (one LayerPlan each), `results_` (LayerResult
     each), `converted_` (grouped 1x1 convs made unequal so that their groups can shrink),
     `timings_` (seconds per stage).
     """
@@ -103,12 +104,15 @@ class Compressor:
                 f"on gray {self.fold_.max_abs_logit_diff:.2e})")
         example = torch.zeros(1, 1, size, size, device=device, dtype=next(gray.parameters()).dtype)
         self.plan_: BudgetPlan | None = None
-        gray, self.converted_ = unequal_groups(gray, example)  # exact; only where equal groups block a group
+        graph = ChannelGraph(gray, example)
+        gray, self.converted_ = unequal_groups(gray, example, graph)  # exact; only where equal groups block a group
+        if self.converted_:
+            graph = ChannelGraph(gray, example)
         if log and self.converted_:
             log(f"grouped 1x1 convs made unequal so that the channel groups they read can shrink: "
                 f"{', '.join(self.converted_)}")
         if self.budget is not None:
-            gray, plans = self._plan(gray, example, size, calibration, log)
+            plans = self._plan(gray, graph, size, calibration, log)
         context = MergeContext(color, norm, size, example, device, calibration)
         self.layers_: list[LayerPlan] = plans
         self.model_, self.results_ = merge_network(gray, plans, config, context, self.timings_, log=log)
@@ -116,10 +120,9 @@ class Compressor:
         self.timings_["fit"] = time.perf_counter() - start
         return self
 
-    def _plan(self, gray: nn.Module, example: torch.Tensor, size: int, calibration: Any,
-              log: Log | None) -> tuple[nn.Module, list[LayerPlan]]:
-        """The budget's widths for every group of `gray` (grouped 1x1 convs that block a group made unequal)."""
-        from ..surgery.groups import ChannelGraph
+    def _plan(self, gray: nn.Module, graph: ChannelGraph, size: int, calibration: Any,
+              log: Log | None) -> list[LayerPlan]:
+        """The budget's widths for every group of `gray` (traced as `graph`)."""
         from .allocation import calibration_images
         from .planner import plan_widths
 
@@ -129,8 +132,8 @@ class Compressor:
             if calibration is None:
                 raise ValueError("the sensitivity allocation needs calibration images")
             images = calibration_images(calibration, self.config.seed)
-        groups = ChannelGraph(gray, example).groups()
-        plan = plan_widths(gray, self.budget, size, images, groups)
+        self.groups_ = graph.groups()
+        plan = plan_widths(gray, self.budget, size, images, self.groups_)
         self.plan_ = plan
         self.timings_["plan"] = time.perf_counter() - t
         if not plan.layers:
@@ -142,7 +145,7 @@ class Compressor:
                 f"{len(plan.layers)} groups merged" + (f", skipped {', '.join(plan.skipped)}" if plan.skipped else ""))
         metrics = per_layer(self.config.metric if isinstance(self.config.metric, str) else None, len(plan.layers),
                             "metric")
-        return gray, [LayerPlan(root, m, None, keep) for root, m, keep in zip(plan.layers, metrics, plan.keep)]
+        return [LayerPlan(root, m, None, keep) for root, m, keep in zip(plan.layers, metrics, plan.keep)]
 
     def summary(self) -> dict[str, Any]:
         """Plain data: the budget, the plan, each layer's merge, the costs reached, the seconds."""

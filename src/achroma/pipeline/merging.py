@@ -126,7 +126,7 @@ def merge_network(gray: nn.Module, plans: list[LayerPlan], config: CompressConfi
     """Merge every planned layer of `gray` in order; returns the merged model (a new one) and per-layer results."""
     current, done = gray, []
     for plan in plans:
-        current, result = merge_layer(current, plan, config, context, timings)
+        current, result = merge_layer(current, plan, config, context, timings, own=current is not gray)
         done.append(result)
         if config.between != "none":  # group by group: repair before the next group is selected
             current = _repair_between(current, gray, done, config, context, timings)
@@ -165,10 +165,11 @@ def selection_input(current: nn.Module, graph: ChannelGraph, plan: LayerPlan, co
 
 
 def merge_layer(current: nn.Module, plan: LayerPlan, config: CompressConfig, context: MergeContext,
-                timings: dict[str, float]) -> tuple[nn.Module, LayerResult]:
-    """Select -> merge for one layer of `current` (a new model is returned). One trace of `current`."""
+                timings: dict[str, float], own: bool = False) -> tuple[nn.Module, LayerResult]:
+    """Select -> merge for one layer of `current` (one trace). A new model is returned; with `own`,
+    `current` itself is edited (a model made by the previous step, which nobody else holds)."""
     path = plan.path
-    graph = ChannelGraph(current, context.example)
+    graph = ChannelGraph(current, context.example, own=own)
     conv = graph.conv(path)
     before, params_before = conv.out_channels, count_parameters(current)
     selection = get_selection(config.selection)

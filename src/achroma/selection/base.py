@@ -94,7 +94,8 @@ class DistanceSelection(Selection):
     """A method that gives an N x N distance matrix; the group is clustered on it by count (or eps)."""
 
     def distances(self, inp: SelectionInput) -> tuple[np.ndarray, dict[str, Any]]:
-        """(matrix, extras): extras may hold 'fields' and stage seconds."""
+        """(matrix, extras): extras may hold 'fields', 'features' (points whose Euclidean distances are
+        the matrix) and 'timings' (stage seconds)."""
         raise NotImplementedError
 
     def select(self, inp: SelectionInput) -> Selected:
@@ -106,7 +107,7 @@ class DistanceSelection(Selection):
                    - sum(extra.get("timings", {}).values())}
         t = time.perf_counter()
         clustering, used = cluster_group(dist, inp.graph.constraints(inp.path), inp.cluster_method, inp.eps,
-                                         inp.keep, inp.path, inp.min_samples)
+                                         inp.keep, inp.path, inp.min_samples, extra.get("features"))
         timings[f"clustering {inp.path}"] = time.perf_counter() - t
         return Selected(clustering, used, extra.get("fields"), dist, timings)
 

@@ -18,17 +18,21 @@ from ..surgery import ChannelConstraints
 
 
 def cluster_group(dist: np.ndarray, constraints: ChannelConstraints, method: str, eps: float | None,
-                  keep: float | None, layer: str, min_samples: int = 1) -> tuple[Clustering, float | None]:
-    """(clustering, eps used) of one group's channels; see the module's docstring."""
+                  keep: float | None, layer: str, min_samples: int = 1,
+                  features: np.ndarray | None = None) -> tuple[Clustering, float | None]:
+    """(clustering, eps used) of one group's channels; see the module's docstring. `features`: points
+    whose Euclidean distances are `dist` (k-means uses them on large groups instead of an embedding)."""
     if constraints.free:
-        return _cluster_free(dist, method, eps, keep, layer, min_samples)
+        return _cluster_free(dist, method, eps, keep, layer, min_samples, features)
     return _cluster_constrained(dist, constraints, method, eps, keep, layer, min_samples)
 
 
 def _cluster_free(dist: np.ndarray, method: str, eps: float | None, keep: float | None, layer: str,
-                  min_samples: int) -> tuple[Clustering, float | None]:
+                  min_samples: int, features: np.ndarray | None = None) -> tuple[Clustering, float | None]:
     """Fit one layer's clustering; returns it and the eps it used (None for kmeans/agglomerative-by-count)."""
     extra = {"min_samples": min_samples} if method == "dbscan" else {}
+    if method == "kmeans" and features is not None:
+        extra["features"] = features
     if keep is not None:
         est = search_keep(dist, keep=keep, method=method, **extra)
     elif method == "dbscan":

@@ -27,7 +27,18 @@ def filter_weights(model: nn.Module, path: Paths) -> np.ndarray:
 
 def weight_distances(model: nn.Module, path: Paths) -> np.ndarray:
     """N x N Euclidean distances between `path`'s flattened filters (writers concatenated, when a list)."""
-    return squareform(pdist(filter_weights(model, path), "euclidean"))
+    return euclidean_matrix(filter_weights(model, path))
+
+
+def euclidean_matrix(points: np.ndarray) -> np.ndarray:
+    """N x N Euclidean distances between rows: scipy's pdist up to 64 rows, a BLAS product above
+    (a 2,048-filter group of Wide ResNet-50 took 0.3 s per pdist here)."""
+    if len(points) <= 64:
+        return squareform(pdist(points, "euclidean"))
+    x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64))
+    d = torch.cdist(x, x, compute_mode="use_mm_for_euclid_dist").numpy()
+    np.fill_diagonal(d, 0.0)
+    return 0.5 * (d + d.T)
 
 
 @register_selection
@@ -36,4 +47,5 @@ class WeightSelection(DistanceSelection):
     help = "k-means on the raw filter weights (the whole-network default: it won the sweeps)"
 
     def distances(self, inp: SelectionInput) -> tuple[np.ndarray, dict]:
-        return weight_distances(inp.model, inp.group.rows), {}
+        features = filter_weights(inp.model, inp.group.rows)
+        return euclidean_matrix(features), {"features": features}

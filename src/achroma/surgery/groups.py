@@ -109,15 +109,18 @@ class ChannelGraph:
 
     Built once per model state (one Torch-Pruning trace of a prepared copy; the model is not
     modified). `merge` consumes the graph: it edits the copy in place and returns it.
+    own=True: the graph takes `model` itself, no copy (a model the caller will not use again).
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, own: bool = False) -> None:
         self.model = model
         self.example = example_input
-        self.work = prepare_for_surgery(copy.deepcopy(model))
+        self.work = prepare_for_surgery(model if own else copy.deepcopy(model))
         self.dg = build_graph(self.work, example_input)
         self._uses: dict[str, list[ChannelUse]] = {}
+        self._constraints: dict[str, ChannelConstraints] = {}
         self._groups: list[ChannelGroup] | None = None
+        self._order: list[str] | None = None
         self._spent = False
 
     def conv(self, path: str) -> nn.Conv2d:
@@ -134,17 +137,24 @@ class ChannelGraph:
         return self._uses[path]
 
     def constraints(self, path: str) -> ChannelConstraints:
-        return constraints_of(self.dg, self.work, self.conv(path), path, self.uses(path))
+        if path not in self._constraints:
+            self._constraints[path] = constraints_of(self.dg, self.work, self.conv(path), path, self.uses(path))
+        return self._constraints[path]
 
     def group(self, path: str) -> ChannelGroup:
-        """The group `path` is the root of (or a writer of: then the group of its first channel)."""
-        for g in self.groups():
-            if g.root == path:
-                return g
-        for g in self.groups():
-            if path in g.writers:
-                return g
+        """The group of `path`'s output channels, with `path` as its root (one walk of the graph)."""
+        if self._groups is not None:
+            for g in self._groups:
+                if g.root == path:
+                    return g
         return self._make_group(path)
+
+    @property
+    def order(self) -> list[str]:
+        """The convs in forward order (one hooked forward pass, cached)."""
+        if self._order is None:
+            self._order = conv_forward_order(self.work, int(self.example.shape[-1]))
+        return self._order
 
     def groups(self) -> list[ChannelGroup]:
         """Every channel group in forward order; a group the surgery cannot merge has `refused` set."""
@@ -153,11 +163,10 @@ class ChannelGraph:
         return self._groups
 
     def _find_groups(self) -> list[ChannelGroup]:
-        size = int(self.example.shape[-1])
         groups: list[ChannelGroup] = []
         covered: set[tuple[str, int]] = set()  # (writer conv, output channel) already in a group
         skip: set[str] = set()  # convs inside a grouped pointwise conv
-        for path in conv_forward_order(self.work, size):
+        for path in self.order:
             conv = self.work.get_submodule(path)
             if path in skip or _depthwise(conv):
                 continue
@@ -188,7 +197,7 @@ class ChannelGraph:
             uses = self.uses(path)
         except ValueError as err:
             return ChannelGroup(path, [path], conv.out_channels, refused=str(err))
-        order = conv_forward_order(self.work, int(self.example.shape[-1]))
+        order = self.order
         rows: dict[str, list[int]] = {}
         for u in uses:
             m = self.work.get_submodule(u.path)
@@ -199,7 +208,7 @@ class ChannelGraph:
         if not any(u.role == "consumer" for u in uses):  # nothing reads them: the model's outputs (classes)
             return ChannelGroup(path, list(rows), conv.out_channels, refused="its channels are the model's outputs",
                                 rows=rows)
-        step, most = _removal_limits(constraints_of(self.dg, self.work, conv, path, uses))
+        step, most = _removal_limits(self.constraints(path))
         return ChannelGroup(path, list(rows), conv.out_channels, uses, rows=rows, step=step, max_removed=most)
 
     def check_disjoint(self, paths: Sequence[str]) -> None:
@@ -274,21 +283,25 @@ def _blocking_pointwise(graph: ChannelGraph) -> list[str]:
     return found
 
 
-def unequal_groups(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, list[str]]:
+def unequal_groups(model: nn.Module, example_input: torch.Tensor,
+                   graph: ChannelGraph | None = None) -> tuple[nn.Module, list[str]]:
     """(model, converted paths): grouped 1x1 convs that block a channel group become `PermutedGroupedConv`s.
 
     A standard grouped conv needs equal groups, so a channel group that reaches only some of its
     groups (ShuffleNet v1: the stem's 24 channels are the first 24 of a 3-group 1x1 conv's 240
     inputs) could never lose a channel. The same conv as a `PermutedGroupedConv` (identity
     permutations, the same weights: exact) takes any group sizes. Only blocking convs are
-    converted, so a model that needs none comes back as it was (the same object).
+    converted, so a model that needs none comes back as it was (the same object). `graph`: the
+    model's ChannelGraph when already traced.
     """
     from ..grouping.plan import LayerPlan
     from ..grouping.transform import apply_grouping
 
     converted: list[str] = []
     while True:
-        paths = [p for p in _blocking_pointwise(ChannelGraph(model, example_input)) if p not in converted]
+        graph = graph if graph is not None else ChannelGraph(model, example_input)
+        paths = [p for p in _blocking_pointwise(graph) if p not in converted]
+        graph = None
         if not paths:
             return model, converted
         plans = []
