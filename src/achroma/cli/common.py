@@ -127,6 +127,10 @@ def resolve_model(args, default_mode: str = "color"):
     user = bool(args.model) and is_import_path(args.model)
     kwargs = _model_args(getattr(args, "model_args", None), user)
     if args.weights and is_checkpoint(args.weights):
+        if user and not kwargs:  # the class's arguments as the checkpoint recorded them
+            from ..io import read_checkpoint_meta
+
+            kwargs = {k: v for k, v in read_checkpoint_meta(args.weights).get("arch", {}).items() if k != "name"}
         model, meta = load_checkpoint(args.weights, model=create_user_model(args.model, **kwargs) if user else None)
     else:
         if not args.model:
