@@ -7,9 +7,17 @@ sum over the kernel taps that fall on padding of M[k] = sum_c w_c[k] m_c / s_c. 
 only on where the output pixel lies, so it is a fixed tensor: the convolution of a mask (1 on the
 padding, 0 inside) with the kernel M, which this layer adds back (`border_kernel` holds M).
 
-The term and the bias together make one per-position bias map. It is computed once per input
+The term is one fixed per-position map (zero away from the border). It is computed once per input
 size (and device, dtype, kernel version) and cached, so a forward pass costs what a plain conv
 with bias costs, plus one addition.
+
+Where the map is added (issue 23): the conv keeps its own bias and the map holds the border term
+only, so the conv's output is centred as the color model's is (int8 quantization calibrates the
+conv's output range; with the bias moved into the map, the bias-free output carried an offset of
+about sum(M) and ONNX Runtime's int8 export lost a sixth of the demo model's predictions). A
+following BatchNorm is folded into this layer by `achroma.deploy.fuse` (weight, bias and border
+kernel scaled per output channel), so the deployed graph is Conv -> Add(map) -> ReLU with no
+BatchNormalization left between.
 """
 from __future__ import annotations
 
@@ -68,7 +76,8 @@ class BorderCorrectedConv2d(nn.Conv2d):
         return F.conv2d(mask, self.border_kernel.to(x.dtype), None, self.stride, 0, self.dilation)
 
     def bias_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, out_channels, H', W'): bias plus border correction for inputs shaped like `x`, cached.
+        """(1, out_channels, H', W'): the border correction for inputs shaped like `x`, cached (the
+        conv's own bias is applied by the conv).
 
         The cache key holds everything the map depends on (size, device, dtype, the identity and
         in-place version of bias and border kernel), so surgery or training can never see a stale
@@ -94,13 +103,10 @@ class BorderCorrectedConv2d(nn.Conv2d):
         return cached
 
     def _compute_bias_map(self, x: torch.Tensor) -> torch.Tensor:
-        correction = self.border_correction(x)
-        if self.bias is None:
-            return correction
-        return correction + self.bias.to(x.dtype).view(1, -1, 1, 1)
+        return self.border_correction(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight, None) + self.bias_map(x)
+        return self._conv_forward(x, self.weight, self.bias) + self.bias_map(x)
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(): drop maps of the old device/dtype
         self._bias_maps = {}
