@@ -32,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--target-params", type=float, default=None, help="the same for the parameters")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
                    help="with a target: the same share kept in every group, or shares by each group's sensitivity")
+    p.add_argument("--round-to", type=int, default=1, help="with a target: every merged group's width a multiple of N (e.g. 8 or 16), the budget still met (default 1)")
     p.add_argument("--merge", default="average", choices=["average", "medoid"],
                    help="a cluster becomes its members' mean (average, the seed's) or its representative, the "
                         "others removed (medoid: pruning chosen by the clustering)")
@@ -137,7 +138,7 @@ def _budget(args, model, normalize, size: int, train_set):
 
         calibration = calibration_images(train_set, args.seed)
     return plan_budget(model, normalize, target, by, skip=split_list(args.skip), size=size,
-                       allocation=args.allocation, calibration=calibration)
+                       allocation=args.allocation, calibration=calibration, round_to=args.round_to)
 
 
 def run(args) -> int:

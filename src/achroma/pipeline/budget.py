@@ -123,15 +123,43 @@ def width_cost(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tu
     return wc
 
 
-def uniform_widths(cost: WidthCost, target: float, by: Target = "macs", skip: Sequence[str] = ()) -> dict[str, int]:
+def _rounded(w: int, n: int, round_to: int) -> int:
+    """`w` of a group's `n` channels rounded down to a multiple of `round_to` (at least one multiple)
+    when the group is merged and has at least `round_to` channels; a group kept whole keeps `n`."""
+    if w >= n:
+        return n
+    if round_to > 1 and n >= round_to:
+        return max(round_to, w // round_to * round_to)
+    return max(1, w)
+
+
+def round_widths(widths: dict[str, int], channels: dict[str, int], round_to: int) -> dict[str, int]:
+    """Every merged group's width rounded down to a multiple of `round_to` (see `_rounded`): the cost
+    can only fall, so a budget met before is met after."""
+    _check_round_to(round_to)
+    return {g: _rounded(w, channels[g], round_to) for g, w in widths.items()}
+
+
+def _check_round_to(round_to: int) -> None:
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer (1: no rounding); got {round_to!r}")
+
+
+def uniform_widths(cost: WidthCost, target: float, by: Target = "macs", skip: Sequence[str] = (),
+                   round_to: int = 1) -> dict[str, int]:
     """Kept channels per group, the same share k for every group not in `skip`, with k as large as
-    keeps the cost at or below `target` x the full cost (bisection; at least one channel a group)."""
+    keeps the cost at or below `target` x the full cost (bisection; at least one channel a group).
+
+    `round_to` N > 1: every merged group with at least N channels keeps a multiple of N (vector
+    widths: 8 or 16 floats a register), the largest share k whose rounded widths meet the target.
+    """
     if not 0 < target <= 1:
         raise ValueError(f"target must be a share in (0, 1]; got {target}")
+    _check_round_to(round_to)
     goal = target * cost.full[by]
 
     def widths(k: float) -> dict[str, int]:
-        return {g: (n if g in skip else max(1, int(k * n))) for g, n in cost.channels.items()}
+        return {g: (n if g in skip else _rounded(int(k * n), n, round_to)) for g, n in cost.channels.items()}
 
     if cost.cost(widths(1.0))[by] <= goal:
         return widths(1.0)
@@ -145,7 +173,9 @@ def uniform_widths(cost: WidthCost, target: float, by: Target = "macs", skip: Se
     found = widths(lo)
     if cost.cost(found)[by] > goal:
         raise ValueError(f"no uniform share reaches {target:.0%} of the {by}: the groups left out by skip, or "
-                         "layers outside every group, cost more than that")
+                         "layers outside every group, cost more than that"
+                         + (f" (with widths in multiples of {round_to}, a merged group keeps at least {round_to})"
+                            if round_to > 1 else ""))
     return found
 
 
@@ -168,14 +198,16 @@ class BudgetPlan:
 
 def plan_budget(color_model: nn.Module, normalization, target: float, by: Target = "macs",
                 skip: Sequence[str] = (), size: int = 32, allocation: str = "uniform",
-                calibration: torch.Tensor | None = None) -> BudgetPlan:
+                calibration: torch.Tensor | None = None, round_to: int = 1) -> BudgetPlan:
     """Widths for every channel group of the folded gray model so that `by` is at most `target` of
     the uncompressed gray model's, the same share kept in every group (uniform allocation).
 
     `skip` names groups to leave whole (by any conv that writes them, e.g. 'conv1' for a ResNet's
     first stream). allocation: 'uniform' (the same share everywhere) or 'sensitivity' (see
     `allocation`; needs `calibration`, a raw gray image batch). Returns the layers (group roots) and
-    per-layer keep shares for `compress`.
+    per-layer keep shares for `compress`. `round_to` N > 1: every merged group's width a multiple
+    of N where the group has at least N channels (uniform: the largest share that still meets the
+    target; sensitivity: its widths rounded down, so the cost only falls).
     """
     from ..fold import fold_to_gray
     from ..surgery.groups import channel_groups
@@ -190,9 +222,10 @@ def plan_budget(color_model: nn.Module, normalization, target: float, by: Target
         raise ValueError(f"--skip {', '.join(unknown)}: not a conv that writes a channel group; "
                          f"groups: {', '.join(g.root for g in groups)}")
     skipped = sorted({writers[s] for s in skip})
+    _check_round_to(round_to)
     cost = width_cost(gray, groups, (1, size, size))
     if allocation == "uniform":
-        widths = uniform_widths(cost, target, by, skip=skipped)
+        widths = uniform_widths(cost, target, by, skip=skipped, round_to=round_to)
     elif allocation == "sensitivity":
         from .allocation import measure_sensitivity, sensitivity_widths
 
@@ -200,7 +233,7 @@ def plan_budget(color_model: nn.Module, normalization, target: float, by: Target
             raise ValueError("the sensitivity allocation needs calibration images")
         roots = [g for g in cost.channels if g not in skipped]
         sens = measure_sensitivity(gray, roots, calibration.to(p.device, p.dtype))
-        widths = sensitivity_widths(cost, target, sens, by, skip=skipped)
+        widths = round_widths(sensitivity_widths(cost, target, sens, by, skip=skipped), cost.channels, round_to)
     else:
         raise ValueError(f"unknown allocation {allocation!r}; choose uniform or sensitivity")
     layers = [g for g, n in widths.items() if n < cost.channels[g]]
