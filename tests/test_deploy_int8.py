@@ -145,3 +145,24 @@ def test_fuse_leaves_the_input_model_unchanged_and_keeps_shared_outputs():
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         assert _rel(model(x), gm(x)) <= 1e-6
+
+
+@requires_onnx
+def test_bench_times_int8_beside_float_and_the_deploy_form(one_thread):
+    from achroma.deploy.bench import bench, render_markdown
+
+    torch.manual_seed(0)
+    net = _with_bn_statistics(nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3)))
+    result = bench({"net": (net, (1, 16, 16))}, engines=("torch", "torch-deploy", "onnxruntime"), threads=[1],
+                   batch=4, runs=3, throughput_runs=2, warmup=1, int8=True, calib_images=8)
+    rows = {(r["model"], r["engine"]): r for r in result["rows"]}
+    assert set(rows) == {("net", "torch"), ("net", "torch-deploy"), ("net", "onnxruntime"), ("net int8", "onnxruntime")}
+    assert rows[("net int8", "onnxruntime")]["dtype"] == "int8" and rows[("net", "onnxruntime")]["dtype"] == "float32"
+    assert rows[("net int8", "onnxruntime")]["file_bytes"] < rows[("net", "onnxruntime")]["file_bytes"]
+    assert result["models"]["net"]["fused"].startswith("2 conv+BN")
+    text = render_markdown(result)
+    assert "| net int8 | int8 |" in text and "PyTorch deploy" in text
+    with pytest.raises(ValueError, match="int8 models run in ONNX Runtime"):
+        bench({"net": (net, (1, 16, 16))}, engines=("torch",), int8=True)
