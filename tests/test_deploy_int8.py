@@ -166,3 +166,19 @@ def test_bench_times_int8_beside_float_and_the_deploy_form(one_thread):
     assert "| net int8 | int8 |" in text and "PyTorch deploy" in text
     with pytest.raises(ValueError, match="int8 models run in ONNX Runtime"):
         bench({"net": (net, (1, 16, 16))}, engines=("torch",), int8=True)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (17, 24)])
+def test_border_mask_conv_equals_the_border_corrected_conv(size):
+    from achroma.fold.border import BorderMaskConv2d, to_mask_convs
+
+    torch.manual_seed(0)
+    gray, fold = fold_to_gray(_with_bn_statistics(create_model("resnet-cifar-20")), "cifar")
+    conv = gray.get_submodule(fold.layer)
+    assert isinstance(conv, BorderCorrectedConv2d) and conv.border_kernel.abs().max() > 0
+    x = torch.rand(3, 1, *size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert _rel(conv(x), BorderMaskConv2d(conv)(x)) <= 1e-5
+        expected = gray(x)
+        assert to_mask_convs(gray) == 1 and isinstance(gray.get_submodule(fold.layer), BorderMaskConv2d)
+        assert _rel(expected, gray(x)) <= 1e-5
