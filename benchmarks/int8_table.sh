@@ -14,8 +14,10 @@
 #   training images to calibrate; int8 and float accuracy on the 10,000 CIFAR-10 (JPEG) test images;
 #   --force: written whatever the drop, which the log reports), and the float models are timed with
 #   `achroma bench --int8` (PyTorch eager, PyTorch deploy form, ONNX Runtime float and int8, 1 thread).
-# torchvision resnet18 and mobilenet_v2 (seeded, untrained): the same shapes, merged with --repair none,
-#   timed at 224x224 on 1 channel (speed and size only).
+# torchvision resnet18 and mobilenet_v2 (seeded, untrained): the same budgets, filters chosen by
+#   --selection l1 (magnitude pruning; on random weights only the widths matter, and k-means of
+#   mobilenet_v2's 960-channel groups took 7 minutes a model), --repair none, timed at 224x224 on 1
+#   channel (speed and size only).
 set -euo pipefail
 root=${1:-runs/int8}
 data=${2:-../shared/datasets}
@@ -45,9 +47,9 @@ done
 REPAIR=none
 for arch in resnet18 mobilenet_v2; do
   w=$root/tv-$arch-color.safetensors
-  compress "tv-$arch-50" "$w" 0.5 1 --dataset "$demo_data" --test-limit 1
-  compress "tv-$arch-50r8" "$w" 0.5 8 --dataset "$demo_data" --test-limit 1
-  compress "tv-$arch-30r8" "$w" 0.3 8 --dataset "$demo_data" --test-limit 1
+  compress "tv-$arch-50" "$w" 0.5 1 --dataset "$demo_data" --test-limit 1 --selection l1
+  compress "tv-$arch-50r8" "$w" 0.5 8 --dataset "$demo_data" --test-limit 1 --selection l1
+  compress "tv-$arch-30r8" "$w" 0.3 8 --dataset "$demo_data" --test-limit 1 --selection l1
 done
 
 family() {  # the five checkpoints of a family: color folded 50 50r8 30r8
