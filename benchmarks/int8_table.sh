@@ -8,7 +8,8 @@
 # Per CIFAR family (the trained ResNet-20 checkpoint and the demo model):
 #   color fp32, folded fp32 (benchmarks/int8_models.py), and from `achroma compress` at 50% of the
 #   folded model's MACs (widths as the budget gives them, and rounded to multiples of 8) and at 30%
-#   (rounded to 8): every channel group merged by k-means on the kernels (the default with a target),
+#   (rounded to 8; the demo model's widths as the budget gives them: its 12-channel groups cannot
+#   keep a multiple of 8 below 8, and 30% then needs less): every channel group merged by k-means on the kernels (the default with a target),
 #   repaired by 1 epoch of logit distillation from the color model on 5,000 CIFAR-10 (JPEG) training
 #   images (500 a class). Each model is exported with `achroma export --quantize int8` (300 stratified
 #   training images to calibrate; int8 and float accuracy on the 10,000 CIFAR-10 (JPEG) test images;
@@ -42,7 +43,11 @@ for fam in r20 demo; do
   w=$r20; [ $fam = demo ] && w=$demo
   compress "$fam-50" "$w" 0.5 1 --dataset cifar10 --data-dir "$data" --calib-limit 500
   compress "$fam-50r8" "$w" 0.5 8 --dataset cifar10 --data-dir "$data" --calib-limit 500
-  compress "$fam-30r8" "$w" 0.3 8 --dataset cifar10 --data-dir "$data" --calib-limit 500
+  if [ $fam = demo ]; then
+    compress "$fam-30" "$w" 0.3 1 --dataset cifar10 --data-dir "$data" --calib-limit 500
+  else
+    compress "$fam-30r8" "$w" 0.3 8 --dataset cifar10 --data-dir "$data" --calib-limit 500
+  fi
 done
 REPAIR=none
 for arch in resnet18 mobilenet_v2; do
@@ -52,18 +57,20 @@ for arch in resnet18 mobilenet_v2; do
   compress "tv-$arch-30r8" "$w" 0.3 8 --dataset "$demo_data" --test-limit 1 --selection l1
 done
 
-family() {  # the five checkpoints of a family: color folded 50 50r8 30r8
+t30() { if [ "$1" = demo ]; then echo 30; else echo 30r8; fi; }  # the 30% model's name
+
+family() {  # the five checkpoints of a family: color folded 50 50r8 30r8 (demo: 30)
   case $1 in
     r20) echo "$r20 $root/r20-folded.safetensors" ;;
     demo) echo "$demo $root/demo-folded.safetensors" ;;
     *) echo "$root/$1-color.safetensors $root/$1-folded.safetensors" ;;
   esac
-  for s in 50 50r8 30r8; do echo "$root/$1-$s/model.safetensors"; done
+  for s in 50 50r8 $(t30 $1); do echo "$root/$1-$s/model.safetensors"; done
 }
 
 for fam in r20 demo; do
   set -- $(family $fam)
-  for pair in "color:$1" "folded:$2" "50:$3" "50r8:$4" "30r8:$5"; do
+  for pair in "color:$1" "folded:$2" "50:$3" "50r8:$4" "$(t30 $fam):$5"; do
     name=$fam-${pair%%:*} w=${pair#*:}
     [ -f "$root/onnx/$name-int8.onnx" ] && continue
     log "export $name"
@@ -76,9 +83,10 @@ bench() {  # family size runs throughput-runs engines
   local fam=$1 size=$2 runs=$3 truns=$4 engines=$5
   [ -f "$root/bench-$fam/bench.json" ] && return 0
   log "bench $fam"
+  local last="30% r8"; [ "$fam" = demo ] && last="30%"
   set -- $(family $fam)
   achroma bench --weights "$1" --weights "$2" --weights "$3" --weights "$4" --weights "$5" \
-    --name "$fam color" --name "$fam folded" --name "$fam 50%" --name "$fam 50% r8" --name "$fam 30% r8" \
+    --name "$fam color" --name "$fam folded" --name "$fam 50%" --name "$fam 50% r8" --name "$fam $last" \
     --size "$size" --engines "$engines" --int8 --threads 1 --runs "$runs" --throughput-runs "$truns" \
     --out "$root/bench-$fam" --force > /dev/null
 }
