@@ -6,8 +6,8 @@ and uint8 activations (U8S8, the CPU recipe ONNX Runtime recommends), activation
 on a few hundred stratified images of the data set (MinMax by default; entropy and percentile on
 request).
 
-Two choices, both measured on the demo model (ONNX Runtime 1.32, 300 calibration images, 2,000 demo
-test images; see docs/RESULTS.md, issue 23):
+Two choices, both measured on the demo model folded to gray (ONNX Runtime 1.32, 300 calibration
+images, the 2,000 demo test images; `python benchmarks/int8_choices.py`, docs/RESULTS.md, issue 23):
 
 - Only the ops with weights are quantized (Conv, Gemm, MatMul). Quantizing everything the quantizer
   knows (also Concat, Add, pooling, the DenseNet's pre-activation BatchNormalization) agreed with
@@ -141,11 +141,13 @@ def _input_convs(proto) -> list[str]:
 
 
 def quantize_int8(float_onnx: bytes, calib_inputs: torch.Tensor | np.ndarray, calibration: Calibration,
-                  keep_input_conv_float: bool = True, extra_metadata: dict[str, str] | None = None) -> bytes:
+                  keep_input_conv_float: bool = True, extra_metadata: dict[str, str] | None = None,
+                  op_types: tuple[str, ...] | None = QUANTIZED_OPS) -> bytes:
     """The serialized int8 (QDQ) model of `float_onnx`, activation ranges from `calib_inputs`.
 
     Per-channel int8 weights, uint8 activations, ops with weights only (`QUANTIZED_OPS`); the conv
-    reading the input stays float unless `keep_input_conv_float` is False. The float model's
+    reading the input stays float unless `keep_input_conv_float` is False; `op_types=None` quantizes
+    every op the quantizer knows (benchmarks/int8_choices.py compares the choices). The float model's
     metadata is kept; `achroma.quantization` says int8, how, and how it was calibrated.
     """
     onnx, _ = require_onnx("int8 quantization")
@@ -177,7 +179,8 @@ def quantize_int8(float_onnx: bytes, calib_inputs: torch.Tensor | np.ndarray, ca
                 kept = _input_convs(pre) if keep_input_conv_float else []
                 quantize_static(
                     str(tmp_path / "pre.onnx"), str(tmp_path / "int8.onnx"), _Reader(x, _calib_batch(len(x))),
-                    quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS),
+                    quant_format=QuantFormat.QDQ, per_channel=True,
+                    op_types_to_quantize=None if op_types is None else list(op_types),
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=kept,
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile}[method])
@@ -190,7 +193,8 @@ def quantize_int8(float_onnx: bytes, calib_inputs: torch.Tensor | np.ndarray, ca
     present = {p.key for p in proto.metadata_props}
     info = {"dtype": "int8", "format": "QDQ", "quantizer": "onnxruntime.quantization.quantize_static",
             "weights": "int8, per channel, symmetric", "activations": "uint8, per tensor",
-            "quantized_ops": list(QUANTIZED_OPS), "kept_float": kept, "calibration": asdict(calibration)}
+            "quantized_ops": "all the quantizer knows" if op_types is None else list(op_types),
+            "kept_float": kept, "calibration": asdict(calibration)}
     metadata = {**{p.key: p.value for p in source.metadata_props if p.key not in present},
                 "achroma.quantization": json.dumps(info, sort_keys=True), **(extra_metadata or {})}
     for key, value in metadata.items():
