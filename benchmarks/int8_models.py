@@ -35,7 +35,8 @@ def main(out: str) -> None:
         torch.manual_seed(0)
         color = create_model(f"tv:{arch}", in_chans=3, num_classes=10).eval()
         note = "torch.manual_seed(0) initialization, untrained: for speed only"
-        save_checkpoint(out_dir / f"tv-{arch}-color", color, {"mode": "color", "normalization": "imagenet", "note": note})
+        save_checkpoint(out_dir / f"tv-{arch}-color", color,
+                        {"mode": "color", "normalization": "imagenet", "note": note})
         gray, report = fold_to_gray(color, "imagenet", example_input=torch.rand(2, 1, 224, 224))
         save_checkpoint(out_dir / f"tv-{arch}-folded", gray, {**report.checkpoint_meta(), "note": note})
         print(f"tv-{arch}: fold max |logit difference| {report.max_abs_logit_diff:.2e}")

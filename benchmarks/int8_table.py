@@ -132,7 +132,8 @@ def aims(root: Path, results: dict) -> None:
                     continue
                 saved_macs = 1 - r["macs"] / f["macs"]
                 saved_time = 1 - f["throughput"]["images_per_s"] / r["throughput"]["images_per_s"]
-                aim = "" if "r8" not in key else f" (aim >= 0.8: {'met' if saved_time / saved_macs >= 0.8 else 'NOT met'})"
+                met = "met" if saved_time / saved_macs >= 0.8 else "NOT met"
+                aim = "" if "r8" not in key else f" (aim >= 0.8: {met})"
                 print(f"- {fam} {key} vs folded, {e}, batch {b}: MACs saved {100 * saved_macs:.1f}%, time saved "
                       f"{100 * saved_time:.1f}%, ratio {saved_time / saved_macs:.2f}{aim}")
         c, f = rows.get((f"{fam} color", "onnxruntime")), rows.get((f"{fam} folded", "onnxruntime"))

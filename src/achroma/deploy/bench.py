@@ -251,7 +251,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         size = f"{r['file_bytes'] / 1e6:.2f}" if r.get("file_bytes") else "–"
         lines.append(f"| {r['model']} | {r.get('dtype', 'float32')} | {r['macs'] / 1e6:.2f} | {r['macs_ratio']:.2f} | "
                      f"{ENGINE_NAMES[r['engine']]} | {r['threads']} | {lat['median_ms']:.2f} | {lat['p90_ms']:.2f} | "
-                     f"{r['latency_speedup']:.2f}x | {thr['images_per_s']:.0f} | {r['throughput_speedup']:.2f}x | {size} |")
+                     f"{r['latency_speedup']:.2f}x | {thr['images_per_s']:.0f} | {r['throughput_speedup']:.2f}x | "
+                     f"{size} |")
     lines += ["", f"Speedup: against `{result['baseline']}` (the first model), same engine and threads, same run. "
               f"Latency: median and 90th percentile of {s['runs']} runs at batch 1 after {s['warmup']} warm-up runs; "
               f"throughput: from the median of {s['throughput_runs']} runs at batch {b}. {result['method']}."]

@@ -210,12 +210,14 @@ def onnx_logits(onnx_model: bytes, inputs: torch.Tensor | np.ndarray, batch: int
     session = ort_session(onnx_model, threads)
     x = inputs.numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch]})[0]
+                           for i in range(0, len(x), batch)])
 
 
 def time_float_int8(float_onnx: bytes, int8_onnx: bytes, shape: tuple[int, int, int], threads: int = 1,
                     batches: tuple[int, ...] = (1, 64), runs: int = 20, batch_runs: int = 3) -> dict[str, Any]:
-    """Median ms of float and int8 (round-robin, `threads` threads) at each batch size: a brief check, not a benchmark."""
+    """Median ms of float and int8 (round-robin, `threads` threads) at each batch size: a brief
+    check, not a benchmark."""
     from .bench import ort_latencies
 
     sessions = {"float": (ort_session(float_onnx, threads), shape), "int8": (ort_session(int8_onnx, threads), shape)}
@@ -257,7 +259,8 @@ def quantize_checked(float_onnx: bytes, calib_inputs: torch.Tensor, test_inputs:
                                 calibration=asdict(calibration), kept_float=meta["kept_float"])
     if not report.passed and not force:
         raise ExportError(f"int8 export refused: accuracy {100 * acc_q:.2f}% against {100 * acc_f:.2f}% in float on "
-                          f"{len(y)} test images, a drop of {drop:.2f} points (--max-drop {max_drop:g}); nothing written")
+                          f"{len(y)} test images, a drop of {drop:.2f} points (--max-drop {max_drop:g}); "
+                          "nothing written")
     shape = tuple(int(s) for s in test_inputs.shape[1:])
     report.timing = time_float_int8(float_onnx, int8, shape, threads, time_batches)
     proto = onnx.load_from_string(int8)

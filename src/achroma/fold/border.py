@@ -134,13 +134,15 @@ class BorderMaskConv2d(nn.Module):
 
     def __init__(self, conv: BorderCorrectedConv2d):
         super().__init__()
-        self.weight = nn.Parameter(torch.cat([conv.weight.detach(), conv.border_kernel.detach().to(conv.weight.dtype)], 1))
+        border = conv.border_kernel.detach().to(conv.weight.dtype)
+        self.weight = nn.Parameter(torch.cat([conv.weight.detach(), border], 1))
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
         self.stride, self.dilation, self.pads = conv.stride, conv.dilation, conv_padding(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = F.pad(x.new_zeros(1, 1, *x.shape[-2:]), self.pads, value=1.0).expand(x.shape[0], -1, -1, -1)
-        return F.conv2d(torch.cat([F.pad(x, self.pads), mask], 1), self.weight, self.bias, self.stride, 0, self.dilation)
+        x = torch.cat([F.pad(x, self.pads), mask], 1)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation)
 
 
 def to_mask_convs(model: nn.Module) -> int:
