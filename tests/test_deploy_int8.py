@@ -74,6 +74,23 @@ def test_refused_int8_export_writes_nothing_and_exits_2(tmp_path, capsys, one_th
     assert list(tmp_path.iterdir()) == []
 
 
+@requires_onnx
+def test_cli_int8_export_writes_the_int8_model_with_its_calibration(tmp_path, capsys, one_thread):
+    import onnx
+
+    out = tmp_path / "int8.onnx"
+    assert main(["export", "--weights", str(default_model_path()), "--out", str(out), "--quantize", "int8",
+                 "--max-drop", "100", "--calib-images", "50", "--calib-seed", "3", "--eval-images", "200",
+                 "--check-images", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "int8 accuracy" in text and "on 200 test images" in text and "int8 (QDQ) ONNX" in text
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    quant = json.loads(meta["achroma.quantization"])
+    assert quant["calibration"]["images"] == 50 and quant["calibration"]["seed"] == 3
+    assert quant["calibration"]["split"] == "train" and quant["evaluation"]["images"] == 200
+    assert "achroma.input" in meta and [p.name for p in tmp_path.iterdir()] == ["int8.onnx"]
+
+
 def test_int8_options_need_quantize(tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", "--weights", str(default_model_path()), "--out", str(out), "--max-drop", "2"]) == 2
