@@ -2,6 +2,9 @@
 
 Prints a Markdown table (speedups against the first --weights); with --out also writes bench.md and
 bench.json there. ONNX Runtime needs the `achroma[onnx]` extra (`--engines torch` does not).
+`--engines torch-deploy` times PyTorch's deploy form (conv+BN fused, channels_last); `--int8` adds
+each model's static int8 export beside its float one in ONNX Runtime, in the same round-robin;
+`--size` sets the input size the models are timed at (latency does not depend on training).
 """
 from __future__ import annotations
 
@@ -17,8 +20,15 @@ def register(sub) -> None:
                    help="one of our checkpoints (.safetensors with its .json); repeat for more models; the first "
                         "is the baseline of the speedups")
     p.add_argument("--name", action="append", default=None, help="a label per --weights (default: the path)")
-    p.add_argument("--size", type=int, default=32, help="input height and width (default 32)")
-    p.add_argument("--engines", default="torch,onnxruntime", help="torch, onnxruntime or both (default both)")
+    p.add_argument("--size", type=int, default=32, help="input height and width the models are timed at, e.g. 224 "
+                   "for the size a model will be deployed at (default 32)")
+    p.add_argument("--engines", default="torch,onnxruntime",
+                   help="comma-separated: torch (eager), torch-deploy (conv+BN fused, channels_last), onnxruntime "
+                        "(default torch,onnxruntime)")
+    p.add_argument("--int8", action="store_true", help="also time each model's static int8 ONNX export (QDQ, "
+                   "per-channel weights, as `export --quantize int8` writes it) in ONNX Runtime")
+    p.add_argument("--calib-images", type=int, default=32,
+                   help="--int8: uniform random calibration images (speed only; default 32)")
     p.add_argument("--threads", default="1,all", help="thread counts, comma-separated; 'all' is the CPU count "
                    "(default 1,all)")
     p.add_argument("--batch", type=int, default=64, help="throughput batch size (default 64)")
@@ -47,8 +57,11 @@ def run(args) -> int:
     names = args.name or list(args.weights)
     if len(set(names)) != len(names):
         raise ValueError("two models have the same name; pass --name for each")
-    if min(args.size, args.batch, args.runs, args.throughput_runs) < 1 or args.warmup < 0:
-        raise ValueError("--size, --batch, --runs and --throughput-runs must be at least 1, --warmup at least 0")
+    if min(args.size, args.batch, args.runs, args.throughput_runs, args.calib_images) < 1 or args.warmup < 0:
+        raise ValueError("--size, --batch, --runs, --throughput-runs and --calib-images must be at least 1, "
+                         "--warmup at least 0")
+    if args.int8 and "onnxruntime" not in engines:
+        raise ValueError("--int8 runs in ONNX Runtime: add onnxruntime to --engines")
     if "onnxruntime" in engines:
         from ..deploy import require_onnx
 
@@ -63,7 +76,8 @@ def run(args) -> int:
 
     result = bench(models, engines=engines, threads=threads, batch=args.batch, runs=args.runs,
                    throughput_runs=args.throughput_runs, warmup=args.warmup, opset=args.opset,
-                   log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                   log=lambda msg: print(msg, file=sys.stderr, flush=True), int8=args.int8,
+                   calib_images=args.calib_images)
     result["source"] = {"weights": dict(zip(names, args.weights))}
     text = render_markdown(result)
     print(text)

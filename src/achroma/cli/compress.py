@@ -33,6 +33,8 @@ def register(sub) -> None:
                    "every budget is met)")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
                    help="with a target: the same share kept in every group, or shares by each group's sensitivity")
+    p.add_argument("--round-to", type=int, default=1, help="with a target: every merged group's width a multiple "
+                   "of N (e.g. 8 or 16), the budget still met (default 1)")
     p.add_argument("--merge", default="average", choices=["average", "medoid"],
                    help="a cluster becomes its members' mean (average, the seed's) or its representative, the "
                         "others removed (medoid: pruning chosen by the clustering)")
@@ -114,15 +116,15 @@ def budget_from_args(args):
     from ..pipeline import Budget, split_list
 
     if args.target_macs is None and args.target_params is None:
-        if args.skip:
-            raise ValueError("--skip needs --target-macs or --target-params")
+        if args.skip or args.round_to != 1:
+            raise ValueError("--skip and --round-to need --target-macs or --target-params")
         return None
     if args.keep is not None or args.eps is not None:
         raise ValueError("a target sets the share each group keeps: give no --keep or --eps with it")
     if args.layers not in ("all", None):
         raise ValueError("a target plans every channel group: give no --layers (--skip leaves groups whole)")
     return Budget(macs=args.target_macs, params=args.target_params, skip=tuple(split_list(args.skip)),
-                  allocation=args.allocation)
+                  allocation=args.allocation, round_to=args.round_to)
 
 
 def config_from_args(args, layers, repairs):

@@ -90,16 +90,34 @@ def input_spec(model: nn.Module, mode: str, normalization: Any, size: tuple[int,
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], opset: int = DEFAULT_OPSET,
-                metadata: dict[str, str] | None = None) -> bytes:
+                metadata: dict[str, str] | None = None, fuse: bool = True) -> bytes:
     """The serialized ONNX model of `model` for inputs (batch, *input_shape), batch dynamic, checked.
 
     Exports a float32 CPU copy in eval mode (the input model is not modified), adds `metadata` to
     `metadata_props` and runs `onnx.checker.check_model(full_check=True)`. Raises ExportError.
+    With `fuse` (default), conv -> BN pairs are folded first (`achroma.deploy.fuse`): ONNX Runtime
+    fuses plain pairs itself, but not the fold's first conv, whose border map sits between them;
+    a model torch.fx cannot trace is exported unfused (`achroma.fuse` in the metadata says which).
+    Then the fold's border correction goes to the first conv's input (`BorderMaskConv2d`), so that
+    ONNX Runtime keeps that conv fused with its activation, in its blocked layout.
     """
     onnx, _ = require_onnx()
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset}: the exporter (torch.onnx dynamo) writes opset {MIN_OPSET} or later")
     net = copy.deepcopy(model).float().cpu().eval()
+    fuse_note = "off"
+    if fuse:
+        from ..fold.border import to_mask_convs
+        from .fuse import fuse_conv_bn
+
+        try:
+            net, fuse_report = fuse_conv_bn(net)
+            fuse_note = fuse_report.summary()
+        except ValueError as err:
+            fuse_note = f"not fused: {err}"
+        if to_mask_convs(net):
+            fuse_note += "; the fold's border correction as a mask input channel of the first conv"
+    metadata = {**(metadata or {}), "achroma.fuse": fuse_note}
     example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # plans the channel maps' gathers and the folded conv's border map, which the
         net(example)       # export then records as constants (fake tensors during export have no values)

@@ -7,9 +7,20 @@ sum over the kernel taps that fall on padding of M[k] = sum_c w_c[k] m_c / s_c. 
 only on where the output pixel lies, so it is a fixed tensor: the convolution of a mask (1 on the
 padding, 0 inside) with the kernel M, which this layer adds back (`border_kernel` holds M).
 
-The term and the bias together make one per-position bias map. It is computed once per input
+The term is one fixed per-position map (zero away from the border). It is computed once per input
 size (and device, dtype, kernel version) and cached, so a forward pass costs what a plain conv
 with bias costs, plus one addition.
+
+Where the map is added (issue 23): the conv keeps its own bias and the map holds the border term
+only, so the conv's output is centred as the color model's is (int8 quantization calibrates the
+conv's output range; with the bias moved into the map, the bias-free output carried an offset of
+about sum(M) and ONNX Runtime's int8 export lost a sixth of the demo model's predictions). A
+following BatchNorm is folded into this layer by `achroma.deploy.fuse` (weight, bias and border
+kernel scaled per output channel), so the deployed graph is Conv -> Add(map) -> ReLU with no
+BatchNormalization left between. For ONNX export, `BorderMaskConv2d` moves the correction to the
+conv's input instead: ONNX Runtime lays convs out in blocked channels (NCHWc) and a per-position Add
+after the conv forced a reorder to NCHW and back (4 more nodes for ResNet-20, which ran 0.91-0.95x
+the color model); a mask channel beside the padded image keeps the first conv one fused conv.
 """
 from __future__ import annotations
 
@@ -68,7 +79,8 @@ class BorderCorrectedConv2d(nn.Conv2d):
         return F.conv2d(mask, self.border_kernel.to(x.dtype), None, self.stride, 0, self.dilation)
 
     def bias_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, out_channels, H', W'): bias plus border correction for inputs shaped like `x`, cached.
+        """(1, out_channels, H', W'): the border correction for inputs shaped like `x`, cached (the
+        conv's own bias is applied by the conv).
 
         The cache key holds everything the map depends on (size, device, dtype, the identity and
         in-place version of bias and border kernel), so surgery or training can never see a stale
@@ -94,13 +106,10 @@ class BorderCorrectedConv2d(nn.Conv2d):
         return cached
 
     def _compute_bias_map(self, x: torch.Tensor) -> torch.Tensor:
-        correction = self.border_correction(x)
-        if self.bias is None:
-            return correction
-        return correction + self.bias.to(x.dtype).view(1, -1, 1, 1)
+        return self.border_correction(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight, None) + self.bias_map(x)
+        return self._conv_forward(x, self.weight, self.bias) + self.bias_map(x)
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(): drop maps of the old device/dtype
         self._bias_maps = {}
@@ -111,3 +120,35 @@ class BorderCorrectedConv2d(nn.Conv2d):
         state = dict(state)
         state["_bias_maps"] = {}
         return state
+
+
+class BorderMaskConv2d(nn.Module):
+    """`BorderCorrectedConv2d` with the correction moved to its input: one conv on two channels.
+
+    Channel 0 is the image zero-padded, channel 1 a mask (1 on the padding, 0 inside); the conv runs
+    without padding, its weight the folded kernel on channel 0 and the border kernel on channel 1:
+    conv([pad(x), mask], [W, M]) = conv(x, W, padding) + conv(mask, M), the same output. It costs a
+    second input channel in the first conv (1/C_in more of that conv's MACs) and lets an engine fuse
+    the conv with what follows. The mask is built from the input's size, so any size works.
+    """
+
+    def __init__(self, conv: BorderCorrectedConv2d):
+        super().__init__()
+        border = conv.border_kernel.detach().to(conv.weight.dtype)
+        self.weight = nn.Parameter(torch.cat([conv.weight.detach(), border], 1))
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+        self.stride, self.dilation, self.pads = conv.stride, conv.dilation, conv_padding(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = F.pad(x.new_zeros(1, 1, *x.shape[-2:]), self.pads, value=1.0).expand(x.shape[0], -1, -1, -1)
+        x = torch.cat([F.pad(x, self.pads), mask], 1)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation)
+
+
+def to_mask_convs(model: nn.Module) -> int:
+    """Replace every `BorderCorrectedConv2d` of `model` (in place) by its `BorderMaskConv2d`; how many."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, BorderCorrectedConv2d)]
+    for name, conv in found:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, BorderMaskConv2d(conv))
+    return len(found)

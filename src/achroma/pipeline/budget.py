@@ -137,12 +137,37 @@ def width_cost(model: nn.Module, groups: Sequence[ChannelGroup], input_shape: tu
     return wc
 
 
+def _rounded(w: int, n: int, round_to: int) -> int:
+    """`w` of a group's `n` channels rounded down to a multiple of `round_to` (at least one multiple)
+    when the group is merged and has at least `round_to` channels; a group kept whole keeps `n`."""
+    if w >= n:
+        return n
+    if round_to > 1 and n >= round_to:
+        return max(round_to, w // round_to * round_to)
+    return max(1, w)
+
+
+def round_widths(widths: dict[str, int], channels: dict[str, int], round_to: int) -> dict[str, int]:
+    """Every merged group's width rounded down to a multiple of `round_to` (see `_rounded`): the cost
+    can only fall, so a budget met before is met after."""
+    _check_round_to(round_to)
+    return {g: _rounded(w, channels[g], round_to) for g, w in widths.items()}
+
+
+def _check_round_to(round_to: int) -> None:
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer (1: no rounding); got {round_to!r}")
+
+
 def uniform_widths(cost: WidthCost, target: float | dict[str, float], by: Target = "macs",
-                   skip: Sequence[str] = ()) -> dict[str, int]:
+                   skip: Sequence[str] = (), round_to: int = 1) -> dict[str, int]:
     """Kept channels per group, the same share k for every group not in `skip`, with k as large as
     keeps the cost at or below `target` x the full cost (bisection; at least one channel a group;
     each width raised to one the group allows, `WidthCost.allowed`). `target` may be a dict
-    {'macs': 0.5, 'params': 0.5}: every budget is met."""
+    {'macs': 0.5, 'params': 0.5}: every budget is met. `round_to` N > 1: every merged group with at
+    least N channels keeps a multiple of N (vector widths: 8 or 16 floats a register), the largest
+    share k whose rounded widths meet the target."""
+    _check_round_to(round_to)
     goals = dict(target) if isinstance(target, dict) else {by: target}
     for what, share in goals.items():
         if what not in ("macs", "params"):
@@ -151,7 +176,8 @@ def uniform_widths(cost: WidthCost, target: float | dict[str, float], by: Target
             raise ValueError(f"target must be a share in (0, 1]; got {share}")
 
     def widths(k: float) -> dict[str, int]:
-        return {g: (n if g in skip else cost.allowed(g, max(1, int(k * n)))) for g, n in cost.channels.items()}
+        return {g: (n if g in skip else cost.allowed(g, _rounded(int(k * n), n, round_to)))
+                for g, n in cost.channels.items()}
 
     def fits(w: dict[str, int]) -> bool:
         got = cost.cost(w)
@@ -170,7 +196,9 @@ def uniform_widths(cost: WidthCost, target: float | dict[str, float], by: Target
     if not fits(found):
         names = " and ".join(f"{share:.0%} of the {what}" for what, share in goals.items())
         raise ValueError(f"no uniform share reaches {names}: the groups left out by skip, the groups that cannot "
-                         "shrink (grouped convs, fixed splits), or layers outside every group cost more than that")
+                         "shrink (grouped convs, fixed splits), or layers outside every group cost more than that"
+                         + (f" (with widths in multiples of {round_to}, a merged group keeps at least {round_to})"
+                            if round_to > 1 else ""))
     return found
 
 
@@ -180,13 +208,15 @@ class Budget:
 
     skip: groups to leave whole, named by any conv that writes them ('conv1' for a ResNet's first
     stream). allocation: 'uniform' (the same share in every group) or 'sensitivity' (shares by each
-    group's measured sensitivity; needs calibration images).
+    group's measured sensitivity; needs calibration images). round_to: every merged group's width a
+    multiple of N where the group has at least N channels (8 or 16: hardware-friendly widths).
     """
 
     macs: float | None = None
     params: float | None = None
     skip: tuple[str, ...] = ()
     allocation: str = "uniform"
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         if self.macs is None and self.params is None:
@@ -197,6 +227,7 @@ class Budget:
                 raise ValueError(f"budget {what} must be a share in (0, 1]; got {share}")
         if self.allocation not in ("uniform", "sensitivity"):
             raise ValueError(f"unknown allocation {self.allocation!r}; choose uniform or sensitivity")
+        _check_round_to(self.round_to)
         object.__setattr__(self, "skip", tuple(self.skip))
 
     @property
@@ -204,7 +235,8 @@ class Budget:
         return {k: v for k, v in (("macs", self.macs), ("params", self.params)) if v is not None}
 
     def to_dict(self) -> dict:
-        return {"macs": self.macs, "params": self.params, "skip": list(self.skip), "allocation": self.allocation}
+        return {"macs": self.macs, "params": self.params, "skip": list(self.skip), "allocation": self.allocation,
+                "round_to": self.round_to}
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .allocation import measure_sensitivity, sensitivity_widths
-from .budget import Budget, BudgetPlan, Target, uniform_widths, width_cost
+from .budget import Budget, BudgetPlan, Target, round_widths, uniform_widths, width_cost
 
 
 def plan_widths(gray: nn.Module, budget: Budget, size: int = 32, calibration: torch.Tensor | None = None,
@@ -52,7 +52,7 @@ def _widths(gray: nn.Module, cost, budget: Budget, skipped: list[str], calibrati
             ) -> dict[str, int]:
     p = next(gray.parameters())
     if budget.allocation == "uniform":
-        widths = uniform_widths(cost, budget.goals, skip=skipped)
+        widths = uniform_widths(cost, budget.goals, skip=skipped, round_to=budget.round_to)
     else:
         if calibration is None:
             raise ValueError("the sensitivity allocation needs calibration images")
@@ -62,14 +62,17 @@ def _widths(gray: nn.Module, cost, budget: Budget, skipped: list[str], calibrati
         roots = [g for g in cost.channels if g not in skipped]
         sens = measure_sensitivity(gray, roots, calibration.to(p.device, p.dtype))
         widths = sensitivity_widths(cost, target, sens, by, skip=skipped)
+        if budget.round_to > 1:  # rounded down: the cost only falls; then to widths the groups allow
+            widths = {g: cost.allowed(g, w) for g, w in round_widths(widths, cost.channels, budget.round_to).items()}
     return widths
 
 
 def plan_budget(color_model: nn.Module, normalization, target: float, by: Target = "macs",
                 skip: Sequence[str] = (), size: int = 32, allocation: str = "uniform",
-                calibration: torch.Tensor | None = None) -> BudgetPlan:
+                calibration: torch.Tensor | None = None, round_to: int = 1) -> BudgetPlan:
     """`plan_widths` for a color model: folded to gray first (the fold is exact)."""
     from ..fold import fold_to_gray
 
     gray, _ = fold_to_gray(color_model, normalization)
-    return plan_widths(gray, Budget(**{by: target}, skip=tuple(skip), allocation=allocation), size, calibration)
+    return plan_widths(gray, Budget(**{by: target}, skip=tuple(skip), allocation=allocation, round_to=round_to), size,
+                       calibration)
