@@ -101,7 +101,8 @@ class KMeansClustering(_BaseClustering):
     n_init: k-means restarts; "auto" (default): 10 k-means++ restarts up to LARGE points; above,
     one run seeded by the centroids of Ward's agglomerative clustering (the same within-cluster
     variance, merged greedily: O(N^2) where k-means++ seeding costs k x N x D per restart, which
-    took 135 of 150 s of EfficientNet-B0's whole-network merge here, 1,280-channel groups at k = 640).
+    took 135 of 150 s of EfficientNet-B0's whole-network merge here, 1,280-channel groups at k = 640);
+    "ward": always that single Ward-seeded run (the many small blocks of grouped convs).
     The ResNet-20 and the demo model of docs/RESULTS.md have no group above 64 channels: their
     results stand.
     """
@@ -137,7 +138,7 @@ class KMeansClustering(_BaseClustering):
             classical_mds(d)
         if k == n:
             return np.arange(n)
-        if self.n_init == "auto" and n > self.LARGE:  # seeded by Ward's merge of the same objective, then Lloyd
+        if self.n_init == "ward" or (self.n_init == "auto" and n > self.LARGE):  # Ward-seeded, then Lloyd
             from scipy.cluster.hierarchy import cut_tree, linkage
             from scipy.spatial.distance import squareform
 

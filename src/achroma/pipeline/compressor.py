@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -29,23 +28,11 @@ from ..costs import count_macs
 from ..surgery.groups import ChannelGraph, unequal_groups
 from ..training import count_parameters
 from .budget import Budget, BudgetPlan
-from .config import CompressConfig, LayerPlan
+from .config import CompressConfig, LayerPlan, resolve_defaults
 from .merging import MergeContext, check_color_model, merge_network, plan_layers
 from .spec import per_layer
 
 Log = Callable[[str], None]
-# measured defaults: a budget merges every group, where k-means on the weights won the sweeps
-# (docs/RESULTS.md); chosen layers keep the seed's receptive fields and DBSCAN
-BUDGET_DEFAULTS = {"selection": "weights", "cluster_method": "kmeans"}
-LAYER_DEFAULTS = {"selection": "fields", "cluster_method": "dbscan"}
-
-
-def resolve_defaults(config: CompressConfig, budget: Budget | None) -> CompressConfig:
-    """`config` with its unset selection and clustering filled in for a budget or for chosen layers."""
-    defaults = BUDGET_DEFAULTS if budget is not None else LAYER_DEFAULTS
-    return replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
-
-
 class Compressor:
     """Fold -> plan -> merge, built once, fitted on (color model, normalization, calibration images).
 

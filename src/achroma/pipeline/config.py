@@ -6,7 +6,7 @@ so a bad layer name or a clustering that does not fit fails in a second, not aft
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .repairs import RepairConfig
@@ -85,3 +85,15 @@ class LayerPlan:
     eps: float | None
     keep: float | None
     clustering: Clustering | None = None  # given: no fields, distances or clustering are computed
+
+
+# measured defaults: a budget merges every group, where k-means on the weights won the sweeps
+# (docs/RESULTS.md); chosen layers keep the seed's receptive fields and DBSCAN
+BUDGET_DEFAULTS = {"selection": "weights", "cluster_method": "kmeans"}
+LAYER_DEFAULTS = {"selection": "fields", "cluster_method": "dbscan"}
+
+
+def resolve_defaults(config: CompressConfig, budget: Any = None) -> CompressConfig:
+    """`config` with its unset selection and clustering filled in for a budget or for chosen layers."""
+    defaults = BUDGET_DEFAULTS if budget is not None else LAYER_DEFAULTS
+    return replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})

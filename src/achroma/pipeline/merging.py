@@ -23,7 +23,7 @@ from ..selection import DistanceSelection, Selected, SelectionInput, get_selecti
 from ..surgery import check_disjoint_groups
 from ..surgery.groups import ChannelGraph
 from ..training import count_parameters
-from .config import CompressConfig, LayerPlan
+from .config import CompressConfig, LayerPlan, resolve_defaults
 from .spec import check_cluster_setting, check_metric, per_layer, resolve_layers
 
 
@@ -100,6 +100,7 @@ def plan_layers(model: nn.Module, norm: Any, size: int, config: CompressConfig,
                 clusterings: dict[str, Clustering] | None = None) -> list[LayerPlan]:
     """Check everything that can be checked before any work; one plan per layer, in merge order."""
     clusterings = dict(clusterings or {})
+    config = resolve_defaults(config)
     check_color_model(model, norm, size)
     p = next(model.parameters())
     paths = resolve_layers(model, config.layers, size)
@@ -124,6 +125,7 @@ def plan_layers(model: nn.Module, norm: Any, size: int, config: CompressConfig,
 def merge_network(gray: nn.Module, plans: list[LayerPlan], config: CompressConfig, context: MergeContext,
                   timings: dict[str, float], log: Any = None) -> tuple[nn.Module, list[LayerResult]]:
     """Merge every planned layer of `gray` in order; returns the merged model (a new one) and per-layer results."""
+    config = resolve_defaults(config)
     current, done = gray, []
     for plan in plans:
         current, result = merge_layer(current, plan, config, context, timings, own=current is not gray)

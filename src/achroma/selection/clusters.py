@@ -46,10 +46,10 @@ def _cluster_free(dist: np.ndarray, method: str, eps: float | None, keep: float 
     return result, used
 
 
-def by_count(method: str, k: int) -> Any:
+def by_count(method: str, k: int, n_init: int | str = "auto") -> Any:
     """An estimator that makes exactly k clusters in the spirit of `method` (dbscan: single linkage)."""
     if method == "kmeans":
-        return KMeansClustering(n_clusters=k)
+        return KMeansClustering(n_clusters=k, n_init=n_init)
     if method == "bounded":
         return BoundedAgglomerativeClustering(n_clusters=k)
     return AgglomerativeClustering(n_clusters=k, linkage="single" if method == "dbscan" else "average", scale=None)
@@ -118,7 +118,9 @@ def _cluster_constrained(dist: np.ndarray, constraints: ChannelConstraints, meth
             sub_labels, sub_reps = np.arange(len(block)), list(range(len(block)))
         else:
             if keep is not None:
-                est = by_count(method, len(block) - removals[i])
+                # k-means in a block: one Ward-seeded run (a ResNeXt-50 has 1,029 blocks; 10 k-means++
+                # restarts in each took 24 of its 45 s)
+                est = by_count(method, len(block) - removals[i], n_init="ward")
             elif method == "dbscan":
                 est = DBSCANClustering(eps=float(eps), min_samples=min_samples, scale=None)
             else:

@@ -87,7 +87,7 @@ def channel_scales(dg: tp.DependencyGraph, uses: list[ChannelUse], modules: dict
 def _stack(t: torch.Tensor, axis: int, slots: list[list[int]]) -> torch.Tensor:
     """(members, ...) float64 view of `t`'s entries at each member's slots along `axis`."""
     idx = torch.tensor(slots, device=t.device)
-    picked = t.detach().double().index_select(axis, idx.flatten())
+    picked = t.detach().index_select(axis, idx.flatten()).double()  # pick, then widen: not the whole tensor
     shape = list(picked.shape)
     shape[axis: axis + 1] = list(idx.shape)
     return picked.reshape(shape).movedim(axis, 0)
