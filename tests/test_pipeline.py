@@ -179,7 +179,7 @@ def test_finetune_repairs_lower_the_training_loss_and_move_every_layer(two_layer
         with torch.no_grad():
             return F.cross_entropy(net.eval()(x), train_set.labels).item()
 
-    config = RepairConfig(epochs=15, finetune_batch_size=8, finetune_lr=0.05)
+    config = RepairConfig(epochs=15, finetune_batch_size=8, finetune_lr=0.02)
     tuned = repair_model(merged, "finetune", train_set, config, seed=0)
     assert loss(tuned) < loss(merged)
     changed = [k for k, v in tuned.state_dict().items() if v.is_floating_point()
