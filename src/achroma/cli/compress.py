@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..pipeline.budget import ALLOCATIONS
 from ..selection import selection_help, selection_names
 from .common import (add_field_variant_args, add_model_args, add_run_args, check_out_dir, field_variants,
                      limit_calibration_and_test, resolve_model)
@@ -31,8 +32,10 @@ def register(sub) -> None:
                         "among the channel groups as --allocation says")
     p.add_argument("--target-params", type=float, default=None, help="the same for the parameters (both together: "
                    "every budget is met)")
-    p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
-                   help="with a target: the same share kept in every group, or shares by each group's sensitivity")
+    p.add_argument("--allocation", default="uniform", choices=list(ALLOCATIONS),
+                   help="with a target: the same share kept in every group (uniform), shares by each group's "
+                        "sensitivity (one budget), or widths searched on measured damage curves (search: meets "
+                        "--target-macs and --target-params together)")
     p.add_argument("--round-to", type=int, default=1, help="with a target: every merged group's width a multiple "
                    "of N (e.g. 8 or 16), the budget still met (default 1)")
     p.add_argument("--merge", default="average", choices=["average", "medoid"],
@@ -78,7 +81,13 @@ def register(sub) -> None:
                    help="bn-stats: estimate BN statistics on plain images (default: crop + flip, as in training)")
     p.add_argument("--distill-lr", type=float, default=0.003, help="distill repair: SGD learning rate (default 0.003)")
     p.add_argument("--distill-loss", default="mse", choices=["mse", "kd"],
-                   help="distill repair: logit MSE (default) or Hinton KD")
+                   help="distill repair: logit MSE (default) or Hinton KD plus the labels")
+    p.add_argument("--distill-teacher", default="color", choices=["color", "gray"],
+                   help="distill repair: the color model on color images (default) or the uncompressed gray model")
+    p.add_argument("--distill-schedule", default="cosine", choices=["cosine", "onecycle"],
+                   help="distill repair: the learning rate's schedule inside the epochs (default cosine)")
+    p.add_argument("--guard", type=float, default=0.1, help="share of the repair images held out (at most 1,000) to "
+                   "score every stage of a trained repair; the best stage is kept (default 0.1; 0: off)")
     p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class (default all)")
     p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class (default all)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -134,13 +143,14 @@ def config_from_args(args, layers, repairs):
 
     repair = RepairConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.repair_batch_size,
                           stats_augment=not args.no_stats_augment, distill_lr=args.distill_lr,
-                          distill_loss=args.distill_loss)
+                          distill_loss=args.distill_loss, distill_teacher=args.distill_teacher,
+                          distill_schedule=args.distill_schedule)
     return CompressConfig(layers=layers, metric=args.metric, cluster_method=args.cluster, eps=args.eps,
                           keep=args.keep, selection=args.selection, repair=repairs, repair_config=repair,
                           fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
                           fields_from=args.fields_from, between=args.between, merge=args.merge, imed_r=args.imed_r,
                           min_samples=args.min_samples, seed=args.seed, batch_size=args.batch_size,
-                          device=str(device(args.device)), progress=not args.quiet)
+                          device=str(device(args.device)), progress=not args.quiet, guard=args.guard)
 
 
 def run(args) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..pipeline.budget import ALLOCATIONS
 from ..selection import selection_help
 from .common import (add_run_args, add_field_variant_args, add_model_args, check_out_dir, field_variants,
                      limit_calibration_and_test, resolve_model)
@@ -23,10 +24,12 @@ def register(sub) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--target-macs", default=None, help="shares of the MACs kept, e.g. 0.8,0.5,0.3")
     budget.add_argument("--target-params", default=None, help="shares of the parameters kept")
+    budget.add_argument("--target-both", default=None, help="shares kept of both the MACs and the parameters")
     p.add_argument("--skip", default=None, help="groups to leave whole, named by a conv that writes them")
-    p.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
-                   help="how a budget is shared among groups: the same share everywhere, or by each group's "
-                        "sensitivity (KL when it alone loses half its channels)")
+    p.add_argument("--allocation", default="uniform", choices=list(ALLOCATIONS),
+                   help="how a budget is shared among groups: the same share everywhere, by each group's "
+                        "sensitivity (KL when it alone loses half its channels), or by search (measured damage "
+                        "curves, MACs and parameters together)")
     p.add_argument("--merge", default="average", choices=["average", "medoid"],
                    help="a cluster becomes its members' mean (average, the seed's) or its representative, the "
                         "others removed (medoid: pruning chosen by the clustering)")
@@ -74,8 +77,8 @@ def run(args) -> int:
         for path in write_tables(records, out, title=json.loads((out / "sweep.json").read_text())["dataset"]):
             print(path)
         return 0
-    if args.target_macs is None and args.target_params is None:
-        raise ValueError("give the budgets: --target-macs or --target-params (e.g. 0.5,0.3)")
+    if args.target_macs is None and args.target_params is None and args.target_both is None:
+        raise ValueError("give the budgets: --target-macs, --target-params or --target-both (e.g. 0.5,0.3)")
     if not (out / "sweep.json").is_file():  # a new sweep: an empty folder, not an input's
         check_out_dir(out, [args.weights], force=False)
     if args.threads:
@@ -85,7 +88,8 @@ def run(args) -> int:
     train_set = load_dataset(args.dataset, "train", args.data_dir)
     test_set = load_dataset(args.dataset, "test", args.data_dir)
     train_set, test_set = limit_calibration_and_test(args, train_set, test_set)
-    by, targets = ("macs", args.target_macs) if args.target_macs else ("params", args.target_params)
+    by, targets = next(((by, t) for by, t in (("macs", args.target_macs), ("params", args.target_params),
+                                               ("both", args.target_both)) if t), ("macs", None))
     merge = CompressConfig(metric=args.metric, cluster_method=args.cluster,
                            repair_config=RepairConfig(epochs=args.epochs, batch_size=args.repair_batch_size),
                            fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},

@@ -13,10 +13,10 @@ from .compressor import Compressor
 from .config import CompressConfig, LayerPlan
 from .merging import LayerResult, MergeContext, merge_network, plan_layers
 from .planner import plan_budget, plan_widths
-from .repairs import RepairConfig, repair_model
+from .repairs import RepairConfig, repair_job, repair_model
 from .spec import REPAIRS, check_cluster_setting, check_repairs, per_layer, resolve_layers, split_list
 
 __all__ = ["Budget", "BudgetPlan", "CompressionResult", "Compressor", "LayerResult", "Row", "compress",
            "CompressConfig", "LayerPlan", "MergeContext", "merge_network", "plan_budget", "plan_layers",
-           "plan_widths", "RepairConfig", "repair_model", "REPAIRS", "check_cluster_setting", "check_repairs",
+           "plan_widths", "RepairConfig", "repair_job", "repair_model", "REPAIRS", "check_cluster_setting", "check_repairs",
            "per_layer", "resolve_layers", "split_list"]

@@ -24,12 +24,12 @@ PROBE_SHARE = 0.5  # each group is probed at half its channels
 MIN_SHARE = 0.25  # no group keeps fewer than this share of its channels (and never fewer than 2)
 
 
-def calibration_images(train_set, seed: int = 0) -> torch.Tensor:
-    """The raw gray batch the sensitivities are measured on: a seeded stratified subset of `train_set`."""
+def calibration_images(train_set, seed: int = 0, n: int = PROBE_IMAGES) -> torch.Tensor:
+    """The raw gray batch an allocation is measured on: a seeded stratified subset of `train_set` (about n)."""
     from ..data import BatchLoader
 
-    images = train_set.stratified_subset(max(1, PROBE_IMAGES // train_set.num_classes), seed=seed)
-    return torch.cat([x for x, _ in BatchLoader(images, PROBE_IMAGES, mode="gray", normalize="none")])
+    images = train_set.stratified_subset(max(1, n // train_set.num_classes), seed=seed)
+    return torch.cat([x for x, _ in BatchLoader(images, n, mode="gray", normalize="none")])
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from ..grouping.module import PermutedGroupedConv
 from ..surgery.groups import ChannelGroup
 
 Target = Literal["params", "macs"]
+ALLOCATIONS = ("uniform", "sensitivity", "search")
 
 
 @dataclass
@@ -225,8 +226,8 @@ class Budget:
             share = getattr(self, what)
             if share is not None and not 0 < share <= 1:
                 raise ValueError(f"budget {what} must be a share in (0, 1]; got {share}")
-        if self.allocation not in ("uniform", "sensitivity"):
-            raise ValueError(f"unknown allocation {self.allocation!r}; choose uniform or sensitivity")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"unknown allocation {self.allocation!r}; choose {', '.join(ALLOCATIONS)}")
         _check_round_to(self.round_to)
         object.__setattr__(self, "skip", tuple(self.skip))
 

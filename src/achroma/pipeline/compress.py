@@ -24,9 +24,9 @@ from ..fold import GRAY_NORMALIZATION, FoldReport
 from ..training import count_parameters, evaluate
 from .budget import Budget
 from .compressor import Compressor
-from .config import CompressConfig
+from .config import GUARD_MAX, CompressConfig
 from .merging import LayerResult, plan_layers, refit_merges
-from .repairs import repair_model
+from .repairs import repair_job
 from .spec import check_repairs, split_list
 
 Log = Callable[[str], None]
@@ -159,7 +159,7 @@ def compress(model: nn.Module, normalization: str | dict | Any, train_set: Image
     score("merged", "merged gray model, no repair", merged, "merged", "gray", GRAY_NORMALIZATION)
     models = {"color": model, "folded": gray, "merged": merged}
     merges = refit_merges([ly.summary() for ly in done])
-    _repair_all(models, repairs, score, train_set, config, norm, device, timings, say, merges)
+    guards = _repair_all(models, repairs, score, train_set, config, norm, device, timings, say, merges)
 
     plans = compressor.layers_
     settings = {**config.to_dict(), "layers": [p.path for p in plans], "metric": [p.metric for p in plans],
@@ -167,7 +167,7 @@ def compress(model: nn.Module, normalization: str | dict | Any, train_set: Image
                 "fields": {**_FIELD_DEFAULTS, **config.fields, "size": size},
                 "budget": None if budget is None else budget.to_dict(),
                 "plan": None if compressor.plan_ is None else compressor.plan_.summary(),
-                "converted": compressor.converted_,
+                "converted": compressor.converted_, "guard": guards,
                 "calibration_images": len(train_set), "test_images": len(test_set), "device": str(device),
                 "threads": torch.get_num_threads()}
     settings.pop("progress")
@@ -178,11 +178,26 @@ def compress(model: nn.Module, normalization: str | dict | Any, train_set: Image
                              settings=settings, timings=timings)
 
 
+def guard_split(train_set: ImageDataset, share: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset | None]:
+    """(repair images, the guard's validation images): `share` of `train_set`, stratified, held out."""
+    per_class = min(round(share * len(train_set)), GUARD_MAX) // max(1, train_set.num_classes)
+    if share <= 0 or per_class < 1:
+        return train_set, None
+    held, rest = train_set.stratified_split(per_class, seed=seed)
+    return rest, held
+
+
 def _repair_all(models: dict[str, nn.Module], repairs: list[str], score: _Scorer, train_set: ImageDataset,
                 config: CompressConfig, norm: Any, device: torch.device, timings: dict[str, float],
-                say: Log, merges: dict[str, tuple[list[int], list[int]]]) -> None:
-    """Each repair, given alike to the merged and the uncompressed folded model; rows and models added."""
+                say: Log, merges: dict[str, tuple[list[int], list[int]]]) -> dict[str, Any]:
+    """Each repair, given alike to the merged and the uncompressed folded model; rows and models added.
+    Sequences with a trained step are guarded: returns each guarded row's stages and the stage kept."""
+    from ..repair import get_repair, parse_repair_step, repair_with_guard
+
+    guards: dict[str, Any] = {}
     for kind in repairs:
+        trained = any(get_repair(parse_repair_step(s)[0]).trained for s in kind.split("+"))
+        images, held = guard_split(train_set, config.guard if trained else 0.0, config.seed)
         for base, label in (("merged", "merged gray model"), ("folded", "folded gray model (uncompressed)")):
             key = f"{base}+{kind}"
             if kind == "none":
@@ -191,10 +206,18 @@ def _repair_all(models: dict[str, nn.Module], repairs: list[str], score: _Scorer
                                       ref.n, ref.params))
                 continue
             t = time.perf_counter()
-            say(f"repair {kind} of the {base} model on {len(train_set)} images")
-            models[key] = repair_model(models[base], kind, train_set, config.repair_config, seed=config.seed,
-                                       device=device, teacher=models["color"], teacher_normalize=norm,
-                                       reference=models["folded"],
-                                       merges=merges if base == "merged" else None).eval()
+            say(f"repair {kind} of the {base} model on {len(images)} images"
+                + (f" ({len(held)} more held out to guard it)" if held is not None else ""))
+            job = repair_job(images, config.repair_config, seed=config.seed, device=device, teacher=models["color"],
+                             teacher_normalize=norm, reference=models["folded"],
+                             merges=merges if base == "merged" else None, validation=held)
+            outcome = repair_with_guard(models[base], kind, job)
+            models[key] = outcome.model
             timings[f"repair {key}"] = time.perf_counter() - t
+            if held is not None:
+                guards[key] = {**outcome.to_dict(), "images": len(held)}
+                if outcome.kept != kind:
+                    say(f"guard: {key} kept stage '{outcome.kept}': "
+                        + ", ".join(f"{s} {a:.4f}" for s, a in outcome.stages) + f" on {len(held)} held-out images")
             score(key, f"{label} + {kind}", models[key], key, "gray", GRAY_NORMALIZATION, repair=kind)
+    return guards

@@ -110,15 +110,17 @@ class Compressor:
     def _plan(self, gray: nn.Module, graph: ChannelGraph, size: int, calibration: Any,
               log: Log | None) -> list[LayerPlan]:
         """The budget's widths for every group of `gray` (traced as `graph`)."""
-        from .allocation import calibration_images
+        from .allocation import PROBE_IMAGES, calibration_images
+        from .search import SEARCH_IMAGES
         from .planner import plan_widths
 
         t = time.perf_counter()
         images = None
-        if self.budget.allocation == "sensitivity":
+        if self.budget.allocation != "uniform":
             if calibration is None:
-                raise ValueError("the sensitivity allocation needs calibration images")
-            images = calibration_images(calibration, self.config.seed)
+                raise ValueError(f"the {self.budget.allocation} allocation needs calibration images")
+            n = SEARCH_IMAGES if self.budget.allocation == "search" else PROBE_IMAGES
+            images = calibration_images(calibration, self.config.seed, n)
         self.groups_ = graph.groups()
         plan = plan_widths(gray, self.budget, size, images, self.groups_)
         self.plan_ = plan

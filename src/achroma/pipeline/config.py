@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 
 
+GUARD_MAX = 1000  # the guard's validation split holds at most this many images
+
+
 @dataclass
 class CompressConfig:
     """Everything `compress` needs besides the model and the data.
@@ -36,6 +39,8 @@ class CompressConfig:
     merge: what becomes of a cluster: 'average' (the seed's: one filter at the members' BN-consistent
     mean, consumers' slices summed) or 'medoid' (the cluster's representative kept as it is, the
     others removed: pruning whose kept filters the clustering chooses; 'random' then prunes at random).
+    guard: the share of the repair images held out (stratified, at most `GUARD_MAX` images) to score every
+    stage of a repair sequence that trains; the best stage is kept and the report says which (0: off).
     """
 
     layers: str | Sequence[str] = "first:1"
@@ -57,8 +62,11 @@ class CompressConfig:
     batch_size: int | None = None
     device: str = "cpu"
     progress: bool = True
+    guard: float = 0.1
 
     def __post_init__(self) -> None:
+        if not 0 <= self.guard < 0.5:
+            raise ValueError(f"guard must be a share of the repair images in [0, 0.5); got {self.guard}")
         if self.fields_from not in ("current", "color"):
             raise ValueError(f"fields_from must be 'current' or 'color'; got {self.fields_from!r}")
         if self.between not in ("none", "ls-refit", "bn-stats"):

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .allocation import measure_sensitivity, sensitivity_widths
 from .budget import Budget, BudgetPlan, Target, round_widths, uniform_widths, width_cost
+from .search import measure_curves, search_widths
 
 
 def plan_widths(gray: nn.Module, budget: Budget, size: int = 32, calibration: torch.Tensor | None = None,
@@ -52,18 +53,21 @@ def _widths(gray: nn.Module, cost, budget: Budget, skipped: list[str], calibrati
             ) -> dict[str, int]:
     p = next(gray.parameters())
     if budget.allocation == "uniform":
-        widths = uniform_widths(cost, budget.goals, skip=skipped, round_to=budget.round_to)
+        return uniform_widths(cost, budget.goals, skip=skipped, round_to=budget.round_to)
+    if calibration is None:
+        raise ValueError(f"the {budget.allocation} allocation needs calibration images")
+    roots = [g for g in cost.channels if g not in skipped]
+    images = calibration.to(p.device, p.dtype)
+    if budget.allocation == "search":
+        widths = search_widths(cost, budget.goals, measure_curves(gray, cost, roots, images), skip=skipped)
     else:
-        if calibration is None:
-            raise ValueError("the sensitivity allocation needs calibration images")
         if len(budget.goals) > 1:
-            raise ValueError("the sensitivity allocation meets one budget: give macs or params, not both")
+            raise ValueError("the sensitivity allocation meets one budget: give macs or params, not both "
+                             "(the search allocation meets both)")
         (by, target), = budget.goals.items()
-        roots = [g for g in cost.channels if g not in skipped]
-        sens = measure_sensitivity(gray, roots, calibration.to(p.device, p.dtype))
-        widths = sensitivity_widths(cost, target, sens, by, skip=skipped)
-        if budget.round_to > 1:  # rounded down: the cost only falls; then to widths the groups allow
-            widths = {g: cost.allowed(g, w) for g, w in round_widths(widths, cost.channels, budget.round_to).items()}
+        widths = sensitivity_widths(cost, target, measure_sensitivity(gray, roots, images), by, skip=skipped)
+    if budget.round_to > 1:  # rounded down: the cost only falls; then to widths the groups allow
+        widths = {g: cost.allowed(g, w) for g, w in round_widths(widths, cost.channels, budget.round_to).items()}
     return widths
 
 

@@ -28,8 +28,10 @@ class RepairConfig:
     128, crop + flip; finetune-kd adds Hinton KD from the color model (T 4, soft weight 0.5).
     distill uses the same epochs, batch and augmentation with its own SGD (`distill_lr` 0.003: on the
     demo model's first-layer merge it beat 0.01 and 0.03 by 0.5 and 7 points; momentum
-    0.9, cosine, no weight decay) and loss (`distill_loss`: 'mse' on logits or 'kd'), then
-    re-estimates the BN statistics on images drawn as in that training."""
+    0.9, cosine or one-cycle (`distill_schedule`), no weight decay), loss (`distill_loss`: 'mse' on
+    logits, or 'kd': Hinton KD at `kd_temperature` plus the labels at weight 1 - `kd_alpha`) and
+    teacher (`distill_teacher`: the color model on color images, or the uncompressed gray model on the
+    student's own gray images), then re-estimates the BN statistics on images drawn as in that training."""
 
     epochs: int = 1
     lr: float = 0.01
@@ -40,6 +42,8 @@ class RepairConfig:
     stats_augment: bool = True
     distill_lr: float = 0.003
     distill_loss: str = "mse"
+    distill_teacher: str = "color"  # color: the color model on color images; gray: the uncompressed gray model
+    distill_schedule: str = "cosine"  # or onecycle
     refit_images: int = 2000
     refit_ridge: float = 1e-4
     finetune_lr: float = 0.01
@@ -47,6 +51,14 @@ class RepairConfig:
     finetune_weight_decay: float = 5e-4
     kd_temperature: float = 4.0
     kd_alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.distill_teacher not in ("color", "gray"):
+            raise ValueError(f"distill_teacher must be color or gray, got {self.distill_teacher!r}")
+        if self.distill_schedule not in ("cosine", "onecycle"):
+            raise ValueError(f"distill_schedule must be cosine or onecycle, got {self.distill_schedule!r}")
+        if self.distill_loss not in ("mse", "kd"):
+            raise ValueError(f"distill_loss must be mse or kd, got {self.distill_loss!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +80,7 @@ class RepairJob:
     teacher_normalize: Any = None
     reference: nn.Module | None = None  # the uncompressed model, whose outputs ls-refit reproduces
     merges: Any = None  # each merged group's (labels, representatives), by a conv that writes it
+    validation: Any = None  # an ImageDataset held out of `images`: the guard scores every stage on it
 
     @property
     def size(self) -> int:
@@ -143,12 +156,58 @@ def check_repairs(repair: str | Sequence[str]) -> list[str]:
 
 def run_repair(model: nn.Module, kind: str, job: RepairJob) -> nn.Module:
     """A repaired copy of `model`: each '+'-joined step of `kind` in order (the input is untouched)."""
+    return repair_with_guard(model, kind, job).model
+
+
+@dataclass
+class RepairOutcome:
+    """What a repair sequence produced. With a validation split (`RepairJob.validation`), `stages` holds
+    the accuracy on it before any step ('start') and after each step, and `model` is the best stage
+    (`kept`; the earliest of equals): a step that made the model worse never reaches the user silently."""
+
+    model: nn.Module
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    kept: str = ""
+
+    @property
+    def worse_steps(self) -> list[str]:
+        """Steps that left the model worse on the validation split than the stage before them."""
+        return [s for (_, a0), (s, a1) in zip(self.stages, self.stages[1:]) if a1 < a0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stages": [{"stage": s, "accuracy": a} for s, a in self.stages], "kept": self.kept,
+                "worse_steps": self.worse_steps}
+
+
+def repair_with_guard(model: nn.Module, kind: str, job: RepairJob) -> RepairOutcome:
+    """Run the steps of `kind` on a copy of `model`; with `job.validation`, score every stage and keep the best."""
     import copy
     from dataclasses import replace
 
     out = copy.deepcopy(model).to(job.device)
-    for step in kind.split("+"):
+    outcome = RepairOutcome(out, kept=kind)
+    best = None
+    if job.validation is not None:
+        best = (_score(out, job), "start", copy.deepcopy(out))
+        outcome.stages.append(("start", best[0]))
+    for i, step in enumerate(kind.split("+")):
         name, epochs = parse_repair_step(step)
         step_job = job if epochs is None else replace(job, config=replace(job.config, epochs=epochs))
         out = get_repair(name)(out, step_job)
-    return out
+        if best is not None:
+            stage = "+".join(kind.split("+")[:i + 1])
+            acc = _score(out, job)
+            outcome.stages.append((stage, acc))
+            if acc > best[0]:
+                best = (acc, stage, copy.deepcopy(out))
+    if best is not None:
+        outcome.kept, out = best[1], best[2]
+    outcome.model = out.eval()
+    return outcome
+
+
+def _score(model: nn.Module, job: RepairJob) -> float:
+    from ..training import evaluate
+
+    return float(evaluate(model, job.validation, mode=job.mode, normalize=job.normalize, device=job.device,
+                          progress=False)["accuracy"])

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fold.border import BorderCorrectedConv2d
 from ..models.inspect import _StopForward, conv_forward_order
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -218,6 +219,8 @@ def _refit_layer(model: nn.Module, reference: nn.Module, path: str, images: torc
             bn_out = bn_out.double()
             t = torch.stack([bn_out[:, m].mean(1) for m in producer.members], 1)
             y_ref = _through_bn(model.get_submodule(producer.bn), t)
+        if isinstance(module, BorderCorrectedConv2d):  # the fixed border map is not the weights' to reproduce
+            y_ref = y_ref - module.border_correction(x_in)
         a, b = _design(module, x_in.double()), _targets(module, y_ref.double())
         xtx += a.T @ a
         xty += a.T @ b

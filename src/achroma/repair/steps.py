@@ -92,20 +92,23 @@ class BnStats(Repair):
 
 @register_repair
 class Distill(Repair):
-    name, help, trained = "distill", "every weight trained to regress the teacher's logits (no labels)", True
+    name, help, trained = "distill", "every weight trained to match the teacher's logits (labels too with kd)", True
 
     def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
         from ..distill import distill
         from ..training import TrainConfig
 
-        if job.teacher is None:
-            raise ValueError("the distill repair needs the color model as teacher")
         c = job.config
+        teacher, t_mode, t_norm = job.teacher, job.teacher_input_mode(), job.teacher_normalize
+        if c.distill_teacher == "gray":
+            teacher, t_mode, t_norm = job.reference, job.mode, job.normalize
+        if teacher is None:
+            raise ValueError(f"the distill repair needs the {c.distill_teacher} model as teacher")
         train = TrainConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.distill_lr, momentum=0.9, weight_decay=0.0,
-                            schedule="cosine", augment=c.augment, seed=job.seed, device=str(job.device))
-        distill(model, job.teacher, job.images, train, teacher_mode=job.teacher_input_mode(), student_mode=job.mode,
-                teacher_normalize=job.teacher_normalize, student_normalize=job.normalize, loss=c.distill_loss,
-                progress=False)
+                            schedule=c.distill_schedule, augment=c.augment, seed=job.seed, device=str(job.device))
+        distill(model, teacher, job.images, train, teacher_mode=t_mode, student_mode=job.mode,
+                teacher_normalize=t_norm, student_normalize=job.normalize, loss=c.distill_loss,
+                T=c.kd_temperature, alpha=c.kd_alpha, progress=False)
         # the weights moved in train mode, so the running statistics lag behind them: re-estimate them
         # on images drawn as in this training (plain unless config.augment), not as in the original one
         return _stats(model, job, augment=c.augment)

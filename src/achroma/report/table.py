@@ -171,12 +171,26 @@ def render_markdown(report: dict[str, Any]) -> str:
                                                  "in the gray model as merged so far")
               + f". Final model: {report['final_model']}.",
               ""]
+    lines += _guard_lines(s.get("guard") or {})
     stages = report.get("stage_seconds") or {}
     if stages:
         lines += ["## Time per stage", "", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {stage} | {sec:.1f} |" for stage, sec in stages.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def _guard_lines(guards: dict[str, Any]) -> list[str]:
+    """The guard's section: each trained repair's stages on the held-out images, and the stage kept."""
+    if not guards:
+        return []
+    lines = ["## Guard", "", "Every stage of a repair that trains, scored on repair images held out of it; the "
+             "model kept is the best stage.", "", "| model | held out | stages (accuracy) | kept |", "|---|---:|---|---|"]
+    for key, g in guards.items():
+        stages = ", ".join(f"{st['stage']} {st['accuracy']:.2%}" for st in g["stages"])
+        kept = g["kept"] + (" (a later step made it worse)" if g["kept"] != key.split("+", 1)[1] else "")
+        lines.append(f"| {key} | {g['images']:,} | {stages} | {kept} |")
+    return lines + [""]
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:

@@ -36,7 +36,7 @@ Log = Callable[[str], None]
 
 @dataclass
 class SweepConfig:
-    """What to sweep. targets: shares of `by` ('macs' or 'params') kept. methods: selections of
+    """What to sweep. targets: shares of `by` ('macs', 'params', or 'both': each share of both) kept. methods: selections of
     `CompressConfig` ('fields', 'l1', 'random', ...). repairs: as `compress` takes them. merge: how
     each layer is compared and clustered (metric, cluster method, fields, seed, repair budgets);
     its layers/keep/eps/selection/repair are set by the sweep. cluster_method must give exact
@@ -55,8 +55,8 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         self.repairs = check_repairs(list(self.repairs))
-        if self.by not in ("macs", "params"):
-            raise ValueError(f"by must be 'macs' or 'params'; got {self.by!r}")
+        if self.by not in ("macs", "params", "both"):
+            raise ValueError(f"by must be 'macs', 'params' or 'both'; got {self.by!r}")
         bad = [t for t in self.targets if not 0 < float(t) < 1]
         if bad:
             raise ValueError(f"targets are shares kept, strictly between 0 and 1; got {bad[0]}")
@@ -176,7 +176,8 @@ class Sweep:
         c = self.config
         self.log(f"merging for {c.by} {target:g} by {method}")
         merge = replace(c.merge, selection=method, progress=False)
-        comp = Compressor(merge, Budget(**{c.by: target}, skip=tuple(c.skip), allocation=c.allocation))
+        goals = {"macs": target, "params": target} if c.by == "both" else {c.by: target}
+        comp = Compressor(merge, Budget(**goals, skip=tuple(c.skip), allocation=c.allocation))
         comp.fit(self.color, self.norm, self.train_set, size=self.size)
         summary = comp.summary()
         return comp.model_.eval(), {"macs": summary["macs"], "widths": comp.plan_.widths,

@@ -23,6 +23,9 @@ from .evaluate import evaluate
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+ONECYCLE_RISE = 0.25  # the share of a one-cycle run spent warming up
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (saved beside every checkpoint)."""
@@ -33,7 +36,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: str = "cosine"  # cosine | step | constant | onecycle (a quarter warming up, then cosine to 0)
     milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of the epochs
     warmup_epochs: float = 0.0
     mode: str = "color"
@@ -101,7 +104,12 @@ def lr_at(config: TrainConfig, progress: float) -> float:
         return config.lr * 0.1 ** drops
     if config.schedule == "constant":
         return config.lr
-    raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine, step or constant")
+    if config.schedule == "onecycle":  # Smith's one cycle: up linearly from lr/25 for a quarter, then cosine down
+        rise = ONECYCLE_RISE * config.epochs
+        if progress < rise:
+            return config.lr * (0.04 + 0.96 * progress / rise)
+        return 0.5 * config.lr * (1 + math.cos(math.pi * min((progress - rise) / (config.epochs - rise), 1.0)))
+    raise ValueError(f"unknown schedule {config.schedule!r}; choose cosine, step, constant or onecycle")
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,

@@ -1,0 +1,162 @@
+"""The one-epoch recipe's levers: the search allocation, the forward-order refit, the guard, the schedule."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from synthetic import brightness_classes, random_images
+
+from achroma.costs import count_macs
+from achroma.fold import fold_to_gray
+from achroma.models import create_model
+from achroma.pipeline import Budget, CompressConfig, Compressor
+from achroma.pipeline.budget import width_cost
+from achroma.pipeline.search import DamageCurves, search_widths
+from achroma.repair import RepairConfig, RepairJob, repair_with_guard
+from achroma.repair.refit import ls_refit
+from achroma.surgery.groups import ChannelGraph
+from achroma.training import TrainConfig, lr_at
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _one_channel(gray: nn.Module, groups, by: str) -> float:
+    """The cost of one channel in every group: the slack a plan rounded to whole channels may leave."""
+    cost = width_cost(gray, ChannelGraph(gray, torch.zeros(1, 1, 32, 32)).groups(), (1, 32, 32))
+    return sum(cost.full[by] - cost.cost({g: cost.channels[g] - 1})[by] for g in groups)
+
+
+@pytest.fixture(scope="module")
+def searched():
+    torch.manual_seed(0)
+    color = create_model("resnet-cifar-20").eval()
+    calib = random_images(200, seed=3)
+    fit = lambda: Compressor(CompressConfig(seed=0, progress=False),  # noqa: E731
+                             Budget(macs=0.5, params=0.5, allocation="search")).fit(color, "cifar", calib)
+    return fit(), fit()
+
+
+def test_the_search_meets_both_budgets_within_one_channel_a_group(searched, one_thread):
+    comp, _ = searched
+    folded, merged = comp.folded_, comp.model_
+    groups = comp.plan_.layers
+    assert count_macs(merged, (1, 32, 32)) <= 0.5 * count_macs(folded, (1, 32, 32)) + _one_channel(folded, groups, "macs")
+    assert _params(merged) <= 0.5 * _params(folded) + _one_channel(folded, groups, "params")
+    widths = comp.plan_.widths
+    assert len(set(widths.values())) > 3  # not uniform: the measured curves moved channels between groups
+
+
+def test_the_search_is_deterministic_for_a_seed(searched, one_thread):
+    a, b = searched
+    assert a.plan_.widths == b.plan_.widths
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(a.model_(x), b.model_(x))
+
+
+def test_the_search_spends_the_budget_where_the_measured_damage_is_least():
+    """Two groups of equal cost: the one whose curve rises slowly gives up the channels."""
+    from achroma.pipeline.budget import WidthCost, _Dim, _Term
+
+    terms = lambda v: [_Term(v, (_Dim(8, {g: 8}),)) for g in "ab"]  # noqa: E731
+    cost = WidthCost({"a": 8, "b": 8}, params=terms(1.0), macs=terms(10.0))
+    curves = DamageCurves({"a": {8: 0.0, 6: 0.01, 4: 0.02, 2: 0.03}, "b": {8: 0.0, 6: 1.0, 4: 2.0, 2: 3.0}})
+    widths = search_widths(cost, {"macs": 0.75}, curves)
+    assert widths["b"] == 8 and widths["a"] < 8
+
+
+def test_the_forward_order_refit_with_nothing_merged_returns_the_model_unchanged(one_thread):
+    torch.manual_seed(0)
+    gray = fold_to_gray(create_model("resnet-cifar-20").eval(), "cifar")[0].eval()
+    model = fold_to_gray(create_model("resnet-cifar-20").eval(), "cifar")[0].eval()
+    model.load_state_dict(gray.state_dict())
+    images = [(torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(i)), torch.zeros(64)) for i in range(4)]
+    report = ls_refit(model, gray, images)  # no merge: no layer reads changed channels
+    assert report.layers == []
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:6]
+    report = ls_refit(model, gray, images, layers=convs, ridge=1e-8)  # forced: each solves to its own weights
+    x = torch.rand(8, 1, 32, 32)
+    with torch.no_grad():
+        before, after = gray(x), model(x)
+    assert max(report.error_after) < 1e-3
+    assert float((after - before).norm() / before.norm()) < 1e-3
+
+
+class _Shift(nn.Module):
+    """A model whose only parameter decides the brightness threshold: easy to break, easy to check."""
+
+    def __init__(self, bias: float):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.fc = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0), self.conv.bias.fill_(0.0)
+            self.fc.weight.copy_(torch.tensor([[-1.0], [1.0]])), self.fc.bias.copy_(torch.tensor([bias, -bias]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_the_guard_keeps_the_best_stage_and_reports_the_step_that_made_it_worse(one_thread):
+    from achroma.repair import register_repair
+    from achroma.repair.base import Repair, _REGISTRY
+
+    @register_repair
+    class Break(Repair):  # a step that destroys the model: the collapse the guard exists for
+        name, help, trained = "test-break", "sets the threshold where no image is classified right", True
+
+        def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+            with torch.no_grad():
+                model.fc.bias.copy_(torch.tensor([100.0, -100.0]))
+            return model
+
+    try:
+        data = brightness_classes(40, size=8)
+        job = RepairJob(data, RepairConfig(), 0, "cpu", "gray", "none", validation=data)
+        good = _Shift(bias=0.4)  # threshold between the two brightness levels: every image right
+        outcome = repair_with_guard(good, "test-break", job)
+        assert outcome.kept == "start" and outcome.worse_steps == ["test-break"]
+        assert [s for s, _ in outcome.stages] == ["start", "test-break"]
+        assert outcome.stages[0][1] == 1.0 and outcome.stages[1][1] == 0.5
+        with torch.no_grad():
+            x = torch.rand(3, 1, 8, 8)
+            assert torch.equal(outcome.model(x), good(x))
+        unguarded = repair_with_guard(good, "test-break", RepairJob(data, RepairConfig(), 0, "cpu", "gray", "none"))
+        assert unguarded.kept == "test-break" and unguarded.stages == []
+    finally:
+        _REGISTRY.pop("test-break", None)
+
+
+def test_the_guarded_compress_report_names_the_kept_stage(tmp_path, one_thread):
+    from achroma.pipeline import compress
+
+    torch.manual_seed(0)
+    color = create_model("resnet-cifar-20").eval()
+    result = compress(color, "cifar", random_images(60, seed=1), random_images(20, seed=2, split="test"),
+                      CompressConfig(layers="first:1", keep=0.5, repair="bn-train", guard=0.2, seed=0,
+                                     progress=False))
+    guard = result.settings["guard"]
+    assert set(guard) == {"merged+bn-train", "folded+bn-train"}
+    entry = guard["merged+bn-train"]
+    assert entry["images"] == 10 and [s["stage"] for s in entry["stages"]] == ["start", "bn-train"]
+    assert entry["kept"] in ("start", "bn-train")
+    from achroma.report import build_report, render_markdown
+
+    assert "## Guard" in render_markdown(build_report(result))
+
+
+def test_the_onecycle_schedule_rises_then_anneals_to_zero():
+    cfg = TrainConfig(epochs=1, lr=0.1, schedule="onecycle")
+    assert lr_at(cfg, 0) == pytest.approx(0.004)
+    assert lr_at(cfg, 0.25) == pytest.approx(0.1) and lr_at(cfg, 1.0) < 1e-12
+    assert lr_at(cfg, 0.1) < lr_at(cfg, 0.2) and lr_at(cfg, 0.5) > lr_at(cfg, 0.9)
+
+
+@pytest.mark.parametrize("field,value", [("distill_teacher", "teacher"), ("distill_schedule", "step"),
+                                         ("distill_loss", "l1")])
+def test_the_repair_config_refuses_unknown_choices(field, value):
+    with pytest.raises(ValueError, match=field):
+        RepairConfig(**{field: value})
