@@ -26,7 +26,7 @@ import torch
 
 from achroma.costs import count_macs
 from achroma.data import get_normalization, load_dataset
-from achroma.io import load_checkpoint
+from achroma.io import atomic_write_bytes, load_checkpoint
 from achroma.pipeline import Budget, CompressConfig, Compressor, RepairConfig
 from achroma.pipeline.compress import guard_split
 from achroma.pipeline.merging import refit_merges
@@ -39,10 +39,12 @@ RECIPES = {
     "distill": ("distill", {}),  # the whole-network default before this issue
     "ls-refit+distill": ("ls-refit+distill", {}),
     "ls-refit+bn-stats+distill": ("ls-refit+bn-stats+distill", {}),
+    "bn-stats+distill": ("bn-stats+distill", {}),  # what the line above is on a model with nothing merged
     "distill, gray teacher": ("distill", {"distill_teacher": "gray"}),
     "distill, kd + labels": ("distill", {"distill_loss": "kd"}),
     "distill, one-cycle": ("distill", {"distill_schedule": "onecycle"}),
     "distill, lr 0.01": ("distill", {"distill_lr": 0.01}),
+    "ls-refit+distill, one-cycle": ("ls-refit+distill", {"distill_schedule": "onecycle"}),
     "ls-refit": ("ls-refit", {}),
     "ls-refit+bn-stats": ("ls-refit+bn-stats", {}),
 }
@@ -65,6 +67,18 @@ def _append(out: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def matched(rows: dict[tuple, dict], recipe: str) -> dict | None:
+    """The uncompressed gray model's row for `recipe`. ls-refit changes nothing in a model with nothing
+    merged (tests/test_recipe.py), so 'ls-refit+X' there is 'X' (and 'ls-refit' alone is 'none')."""
+    row = rows.get(("folded", "-", 1.0, recipe))
+    kind, changes = RECIPES.get(recipe, ("none", {}))
+    if row is None and kind.startswith("ls-refit"):
+        rest = kind.removeprefix("ls-refit").removeprefix("+") or "none"
+        same = next((n for n, (k, c) in RECIPES.items() if k == rest and c == changes), rest)
+        row = rows.get(("folded", "-", 1.0, same))
+    return row
+
+
 def table(rows: dict[tuple, dict]) -> str:
     """Markdown: each compressed cell beside the uncompressed gray model given the same recipe."""
     lines = ["| target (MACs and params) | allocation | recipe | MACs kept | params kept | accuracy | uncompressed, same recipe | gap | repair s |",
@@ -72,7 +86,7 @@ def table(rows: dict[tuple, dict]) -> str:
     for (model, alloc, target, recipe), r in rows.items():
         if model != "merged":
             continue
-        ref = rows.get(("folded", "-", 1.0, recipe))
+        ref = matched(rows, recipe)
         gap = f"{100 * (r['accuracy'] - ref['accuracy']):+.2f}" if ref else "-"
         lines.append(f"| {target:.0%} | {alloc} | {recipe} | {r['macs_share']:.1%} | {r['params_share']:.1%} | "
                      f"{r['accuracy']:.2%} | {ref['accuracy']:.2%} | {gap} | {r['repair_seconds']:.0f} |"
@@ -92,7 +106,9 @@ def main() -> None:
     ap.add_argument("--allocations", default="uniform,search")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="names from RECIPES, ';'-separated when given",
                     type=lambda s: s.split(";") if ";" in s or s in RECIPES else s.split(","))
-    ap.add_argument("--unrepaired", action="store_true", help="also score each merged model with no repair")
+    ap.add_argument("--unrepaired", action="store_true", help="also score each model with no repair")
+    ap.add_argument("--models", default="folded,merged", help="folded (the uncompressed gray model given each "
+                    "recipe), merged (each target and allocation), or both")
     ap.add_argument("--calib", type=int, default=5000, help="calibration images (search; stratified from train)")
     ap.add_argument("--train-limit", type=int, default=None, help="repair images per class (default all)")
     ap.add_argument("--test-limit", type=int, default=None, help="test images per class (default all)")
@@ -123,8 +139,9 @@ def main() -> None:
         f"{len(calib)} calibration images, {len(test)} test images")
 
     merged: dict[tuple, Compressor] = {}
-    cells = [("folded", "-", 1.0)] + [("merged", a, float(t)) for t in args.targets.split(",")
-                                      for a in args.allocations.split(",")]
+    kinds = args.models.split(",")
+    cells = [("folded", "-", 1.0)] * ("folded" in kinds) + [("merged", a, float(t)) for t in args.targets.split(",")
+                                                            for a in args.allocations.split(",") if "merged" in kinds]
     for model_kind, alloc, target in cells:
         if model_kind == "merged":
             t = time.perf_counter()
@@ -140,11 +157,11 @@ def main() -> None:
             net = reference = Compressor(CompressConfig(seed=args.seed)).fold(copy.deepcopy(color).eval(), norm, 32)[0]
             merges, timings = None, {"fold": time.perf_counter() - t}
         base = {"macs": count_macs(reference, (1, 32, 32)), "params": _params(reference)}
-        recipes = (["none"] if args.unrepaired and model_kind == "merged" else []) + list(args.recipes)
+        recipes = (["none"] if args.unrepaired else []) + list(args.recipes)
         for recipe in recipes:
             key = (model_kind, alloc, target, recipe)
-            if key in done:
-                continue
+            if key in done or (model_kind == "folded" and RECIPES.get(recipe, ("",))[0].startswith("ls-refit")):
+                continue  # done, or the same as a recipe without the refit (see `matched`)
             kind, changes = RECIPES.get(recipe, ("none", {}))
             t = time.perf_counter()
             outcome_d = None
@@ -162,9 +179,9 @@ def main() -> None:
                    "params_share": _params(repaired) / base["params"], "repair_seconds": seconds,
                    "fit_seconds": timings, "guard": outcome_d}
             _append(out, row)
-            done[key] = row
+            done = _done(out)  # with what other processes (other --models or targets) wrote meanwhile
             say(f"{model_kind} {alloc} {target:.0%} {recipe}: {acc:.2%} ({seconds:.0f} s)")
-            (out / "table.md").write_text(table(done))
+            atomic_write_bytes(out / "table.md", table(done).encode())
     print(table(done))
 
 

@@ -12,7 +12,7 @@ from achroma.fold import fold_to_gray
 from achroma.models import create_model
 from achroma.pipeline import Budget, CompressConfig, Compressor
 from achroma.pipeline.budget import width_cost
-from achroma.pipeline.search import DamageCurves, search_widths
+from achroma.pipeline.search import search_widths
 from achroma.repair import RepairConfig, RepairJob, repair_with_guard
 from achroma.repair.refit import ls_refit
 from achroma.surgery.groups import ChannelGraph
@@ -31,12 +31,18 @@ def _one_channel(gray: nn.Module, groups, by: str) -> float:
 
 @pytest.fixture(scope="module")
 def searched():
+    import achroma.pipeline.search as search
+
+    saved, search.MAX_ROUNDS = search.MAX_ROUNDS, 3  # a few rounds: the invariants, not the optimum
     torch.manual_seed(0)
     color = create_model("resnet-cifar-20").eval()
-    calib = random_images(200, seed=3)
-    fit = lambda: Compressor(CompressConfig(seed=0, progress=False),  # noqa: E731
-                             Budget(macs=0.5, params=0.5, allocation="search")).fit(color, "cifar", calib)
-    return fit(), fit()
+    calib = random_images(100, seed=3)
+    budget = Budget(macs=0.5, params=0.5, allocation="search")
+    fit = lambda: Compressor(CompressConfig(seed=0, progress=False), budget).fit(color, "cifar", calib)  # noqa: E731
+    try:
+        return fit(), fit()
+    finally:
+        search.MAX_ROUNDS = saved
 
 
 def test_the_search_meets_both_budgets_within_one_channel_a_group(searched, one_thread):
@@ -45,27 +51,59 @@ def test_the_search_meets_both_budgets_within_one_channel_a_group(searched, one_
     groups = comp.plan_.layers
     assert count_macs(merged, (1, 32, 32)) <= 0.5 * count_macs(folded, (1, 32, 32)) + _one_channel(folded, groups, "macs")
     assert _params(merged) <= 0.5 * _params(folded) + _one_channel(folded, groups, "params")
-    widths = comp.plan_.widths
-    assert len(set(widths.values())) > 3  # not uniform: the measured curves moved channels between groups
+    log = comp.plan_.search
+    assert log["evaluations"] > 0 and all(m["damage"] < log["start_damage"] for m in log["moves"])
 
 
 def test_the_search_is_deterministic_for_a_seed(searched, one_thread):
     a, b = searched
-    assert a.plan_.widths == b.plan_.widths
+    assert a.plan_.widths == b.plan_.widths and a.plan_.search["moves"] == b.plan_.search["moves"]
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(a.model_(x), b.model_(x))
 
 
-def test_the_search_spends_the_budget_where_the_measured_damage_is_least():
-    """Two groups of equal cost: the one whose curve rises slowly gives up the channels."""
+def _two_groups():
     from achroma.pipeline.budget import WidthCost, _Dim, _Term
 
-    terms = lambda v: [_Term(v, (_Dim(8, {g: 8}),)) for g in "ab"]  # noqa: E731
-    cost = WidthCost({"a": 8, "b": 8}, params=terms(1.0), macs=terms(10.0))
-    curves = DamageCurves({"a": {8: 0.0, 6: 0.01, 4: 0.02, 2: 0.03}, "b": {8: 0.0, 6: 1.0, 4: 2.0, 2: 3.0}})
-    widths = search_widths(cost, {"macs": 0.75}, curves)
-    assert widths["b"] == 8 and widths["a"] < 8
+    terms = lambda v: [_Term(v, (_Dim(16, {g: 16}),)) for g in "ab"]  # noqa: E731
+    return WidthCost({"a": 16, "b": 16}, params=terms(1.0), macs=terms(10.0))
+
+
+def test_the_search_moves_channels_to_where_the_measured_damage_is_larger():
+    """Two groups of equal cost, b ten times as sensitive: from the uniform plan, b gets channels back."""
+    cost = _two_groups()
+    damage = lambda w: (16 - w["a"]) ** 2 + 10 * (16 - w["b"]) ** 2  # noqa: E731
+    start = {"a": 8, "b": 8}
+    widths = search_widths(cost, {"macs": 0.5}, damage, start)
+    assert widths["b"] > 8 > widths["a"] and widths["a"] + widths["b"] <= 16
+    assert damage(widths) < damage(start)
+    assert search_widths(cost, {"macs": 0.5}, damage, start) == widths  # deterministic
+
+
+def test_the_search_spends_unused_budget_and_never_leaves_it():
+    cost = _two_groups()
+    damage = lambda w: (16 - w["a"]) + (16 - w["b"])  # noqa: E731
+    widths = search_widths(cost, {"macs": 0.75, "params": 0.75}, damage, {"a": 8, "b": 8})
+    assert widths["a"] + widths["b"] == 24  # grown from 50% to the 75% allowed, no further
+
+
+def test_the_joint_damage_is_zero_at_full_width_and_grows_as_channels_go(one_thread):
+    from achroma.pipeline.search import JointDamage
+    from achroma.surgery.groups import channel_groups
+
+    torch.manual_seed(0)
+    gray = fold_to_gray(create_model("resnet-cifar-20").eval(), "cifar")[0].eval()
+    groups = channel_groups(gray, torch.zeros(1, 1, 32, 32))
+    from achroma.repair.bn import bn_recalibrate
+
+    images = torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    bn_recalibrate(gray, [(images[:32], None)])  # the statistics the damage re-estimates: the reference's own
+    damage = JointDamage(gray, groups, images)
+    full = {g.root: g.channels for g in groups if not g.refused}
+    root = "layer2.0.conv2"  # the second stage's residual stream
+    assert damage(full) == pytest.approx(0.0, abs=1e-5)
+    assert 0 < damage({**full, root: 24}) < damage({**full, root: 8})
 
 
 def test_the_forward_order_refit_with_nothing_merged_returns_the_model_unchanged(one_thread):

@@ -283,9 +283,9 @@ def _duplicates_everywhere(model: nn.Module, x: torch.Tensor) -> dict:
         plan.append((g.root, pairs, g.channels))
     with torch.no_grad():
         before = gray(gray_in)
-    current = gray
+    current, order = gray, graph.order
     for root, pairs, n in plan:  # one trace a step; after the first, the graph edits its own model
-        current = ChannelGraph(current, gray_in[:1], own=current is not gray).merge(root, _labels(pairs, n))
+        current = ChannelGraph(current, gray_in[:1], own=current is not gray, order=order).merge(root, _labels(pairs, n))
     with torch.no_grad():
         after = current(gray_in)
     return {"dup_groups": len(plan), "dup_rel": _rel(after, before)}

@@ -20,8 +20,10 @@ def conv_layer_names(model: nn.Module) -> list[str]:
 
 def resolve_conv(model: nn.Module, path: str) -> nn.Conv2d:
     """The Conv2d at module path `path`; ValueError naming some valid paths when there is none."""
-    modules = dict(model.named_modules())
-    module = modules.get(path)
+    try:
+        module = model.get_submodule(path)  # a walk down the path, not a dict of every module
+    except AttributeError:
+        module = None
     if isinstance(module, nn.Conv2d):
         return module
     names = conv_layer_names(model)

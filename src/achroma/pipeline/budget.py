@@ -251,7 +251,9 @@ class BudgetPlan:
     full: dict[str, float]  # ... and uncompressed
     skipped: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
+    search: dict | None = None  # the search allocation's log (damage at the start and after each move, seconds)
 
     def summary(self) -> dict:
         return {"layers": self.layers, "keep": self.keep, "widths": self.widths, "predicted": self.predicted,
-                "full": self.full, "skipped": self.skipped, "refused": self.refused}
+                "full": self.full, "skipped": self.skipped, "refused": self.refused,
+                **({"search": self.search} if self.search is not None else {})}

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..clustering import Clustering
 from ..fields import ReceptiveFields, resolve_conv
 from ..fold import find_input_conv
-from ..models.inspect import input_channels
+from ..models.inspect import conv_forward_order, input_channels
 from ..selection import DistanceSelection, Selected, SelectionInput, get_selection
 from ..surgery import check_disjoint_groups
 from ..surgery.groups import ChannelGraph
@@ -127,8 +127,9 @@ def merge_network(gray: nn.Module, plans: list[LayerPlan], config: CompressConfi
     """Merge every planned layer of `gray` in order; returns the merged model (a new one) and per-layer results."""
     config = resolve_defaults(config)
     current, done = gray, []
+    order = conv_forward_order(gray, context.size)  # a merge keeps every conv in its place: traced once
     for plan in plans:
-        current, result = merge_layer(current, plan, config, context, timings, own=current is not gray)
+        current, result = merge_layer(current, plan, config, context, timings, own=current is not gray, order=order)
         done.append(result)
         if config.between != "none":  # group by group: repair before the next group is selected
             current = _repair_between(current, gray, done, config, context, timings)
@@ -167,11 +168,13 @@ def selection_input(current: nn.Module, graph: ChannelGraph, plan: LayerPlan, co
 
 
 def merge_layer(current: nn.Module, plan: LayerPlan, config: CompressConfig, context: MergeContext,
-                timings: dict[str, float], own: bool = False) -> tuple[nn.Module, LayerResult]:
+                timings: dict[str, float], own: bool = False, order: list[str] | None = None
+                ) -> tuple[nn.Module, LayerResult]:
     """Select -> merge for one layer of `current` (one trace). A new model is returned; with `own`,
-    `current` itself is edited (a model made by the previous step, which nobody else holds)."""
+    `current` itself is edited (a model made by the previous step, which nobody else holds); `order`:
+    the convs' forward order, when known."""
     path = plan.path
-    graph = ChannelGraph(current, context.example, own=own)
+    graph = ChannelGraph(current, context.example, own=own, order=order)
     conv = graph.conv(path)
     before, params_before = conv.out_channels, count_parameters(current)
     selection = get_selection(config.selection)

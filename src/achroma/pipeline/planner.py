@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from .allocation import measure_sensitivity, sensitivity_widths
 from .budget import Budget, BudgetPlan, Target, round_widths, uniform_widths, width_cost
-from .search import measure_curves, search_widths
+from .search import JointDamage, SearchLog, search_widths
 
 
 def plan_widths(gray: nn.Module, budget: Budget, size: int = 32, calibration: torch.Tensor | None = None,
@@ -36,8 +36,9 @@ def plan_widths(gray: nn.Module, budget: Budget, size: int = 32, calibration: to
                          f"groups: {', '.join(g.root for g in groups)}")
     skipped = sorted({writers[s] for s in budget.skip})
     cost = width_cost(gray, groups, (1, size, size))
+    log = SearchLog() if budget.allocation == "search" else None
     try:
-        widths = _widths(gray, cost, budget, skipped, calibration)
+        widths = _widths(gray, cost, budget, skipped, calibration, groups, log)
     except ValueError as err:
         if refused:  # say which structures kept the groups out of the plan
             first = next((r for r in refused.values() if "model's outputs" not in r), next(iter(refused.values())))
@@ -46,11 +47,11 @@ def plan_widths(gray: nn.Module, budget: Budget, size: int = 32, calibration: to
         raise
     layers = [g for g, n in widths.items() if n < cost.channels[g]]
     return BudgetPlan(layers, [widths[g] / cost.channels[g] for g in layers], widths, cost.cost(widths), cost.full,
-                      skipped, refused)
+                      skipped, refused, None if log is None else log.to_dict())
 
 
-def _widths(gray: nn.Module, cost, budget: Budget, skipped: list[str], calibration: torch.Tensor | None
-            ) -> dict[str, int]:
+def _widths(gray: nn.Module, cost, budget: Budget, skipped: list[str], calibration: torch.Tensor | None,
+            groups: Sequence, log: SearchLog | None = None) -> dict[str, int]:
     p = next(gray.parameters())
     if budget.allocation == "uniform":
         return uniform_widths(cost, budget.goals, skip=skipped, round_to=budget.round_to)
@@ -59,7 +60,9 @@ def _widths(gray: nn.Module, cost, budget: Budget, skipped: list[str], calibrati
     roots = [g for g in cost.channels if g not in skipped]
     images = calibration.to(p.device, p.dtype)
     if budget.allocation == "search":
-        widths = search_widths(cost, budget.goals, measure_curves(gray, cost, roots, images), skip=skipped)
+        start = uniform_widths(cost, budget.goals, skip=skipped, round_to=budget.round_to)
+        widths = search_widths(cost, budget.goals, JointDamage(gray, groups, images), start, skip=skipped,
+                               log=log)
     else:
         if len(budget.goals) > 1:
             raise ValueError("the sensitivity allocation meets one budget: give macs or params, not both "

@@ -72,6 +72,7 @@ def build_graph(model: nn.Module, example_input: Any, pruners: dict | None = Non
             m.training = flag
     _fix_split_mappings(dg)
     _fix_concat_sizes(dg)
+    dg.achroma_mapped = True  # index mappings final until something is pruned: `_walk_group` need not redo them
     return dg
 
 
@@ -242,7 +243,13 @@ def _walk_group(dg: tp.DependencyGraph, conv: nn.Module, check) -> dict[tuple[An
     from torch_pruning.dependency import index_mapping
     from torch_pruning.dependency.dependency import Dependency
 
-    index_mapping.update_index_mapping(dg)
+    walks = dg.__dict__.setdefault("achroma_walks", {})  # the same root walked again (uses, then constraints)
+    if conv in walks:
+        for node, handler in walks[conv]:
+            check(node.module, handler)
+        return walks[conv]
+    if not getattr(dg, "achroma_mapped", False):  # a graph not from `build_graph`: as get_pruning_group does
+        index_mapping.update_index_mapping(dg)
     fn = _root_pruning_fn(dg, conv)
     root = dg.module2node[conv]
     start = [_helpers._HybridIndex(idx=i, root_idx=i) for i in range(conv.out_channels)]
@@ -270,6 +277,8 @@ def _walk_group(dg: tp.DependencyGraph, conv: nn.Module, check) -> dict[tuple[An
                 continue
             seen.update((int(i.idx), int(i.root_idx)) for i in fresh)
             queue.append((new_dep, fresh))
+    if getattr(dg, "achroma_mapped", False):
+        walks[conv] = found
     return found
 
 

@@ -110,9 +110,12 @@ class ChannelGraph:
     Built once per model state (one Torch-Pruning trace of a prepared copy; the model is not
     modified). `merge` consumes the graph: it edits the copy in place and returns it.
     own=True: the graph takes `model` itself, no copy (a model the caller will not use again).
+    order: the convs' forward order when the caller knows it (a merge keeps every conv and their
+    order: the order of the model before it holds), saving a forward pass.
     """
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, own: bool = False) -> None:
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, own: bool = False,
+                 order: list[str] | None = None) -> None:
         self.model = model
         self.example = example_input
         self.work = prepare_for_surgery(model if own else copy.deepcopy(model))
@@ -120,7 +123,7 @@ class ChannelGraph:
         self._uses: dict[str, list[ChannelUse]] = {}
         self._constraints: dict[str, ChannelConstraints] = {}
         self._groups: list[ChannelGroup] | None = None
-        self._order: list[str] | None = None
+        self._order: list[str] | None = None if order is None else list(order)
         self._spent = False
 
     def conv(self, path: str) -> nn.Conv2d:

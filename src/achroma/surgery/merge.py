@@ -19,7 +19,8 @@ import torch.nn as nn
 from ..grouping.module import PermutedGroupedConv
 from .graph import ChannelUse, is_grouped
 from .layers import restore_plain_shuffles
-from .scales import channel_scales, is_batchnorm, member_scales, merge_batchnorm, merge_consumer, merge_linear
+from .scales import (channel_scales, is_batchnorm, member_scales, merge_batchnorm_clusters, merge_consumer,
+                     merge_linear)
 
 if TYPE_CHECKING:  # importing achroma.clustering pulls in scikit-learn; not needed at run time
     from ..clustering import Clustering
@@ -90,30 +91,68 @@ def _any_tensor(module: nn.Module) -> torch.Tensor:
     return next(t for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)))
 
 
+_CHUNK = 1 << 22  # numbers per float64 slice while folding a use
+
+
+def _scales(scale: dict[int, torch.Tensor] | None, members: list[int]) -> list[float]:
+    """`member_scales` as floats: the members' r_c, or all 1 when a member has none."""
+    if scale is None or any(m not in scale for m in members):
+        return [1.0] * len(members)
+    return [float(scale[m]) for m in members]
+
+
 @torch.no_grad()
 def _fold_use(module: nn.Module, use: ChannelUse, groups: list[tuple[int, list[int]]],
               scale: dict[int, torch.Tensor] | None) -> None:
-    """Merge each cluster's entries into its representative's slots, in place.
+    """Merge each cluster's entries into its representative's slots, in place, every cluster at once.
 
     Producers are averaged and consumers summed, both at the members' common scale (`scale`, root
-    channel -> r_c, see `scales`; None: all 1). In-place edits go through the tensors themselves,
-    not `.data`, so that their version counters move and cached maps (the fold's border) refresh.
+    channel -> r_c, see `scales`; None: all 1): the representative's slot j becomes
+    sum_c coef_c * t[slot_c j], coef_c = mean(r) / (n r_c) for a producer (`merge_linear`'s
+    r_m mean(t_c / r_c)) and r_c / mean(r) for a consumer (`merge_consumer`'s). In-place edits go
+    through the tensors themselves, not `.data`, so that their version counters move and cached maps
+    (the fold's border) refresh.
     """
-    for rep, members in _visible(use, groups):
-        r = member_scales(scale, members, _any_tensor(module))
-        slots = [use.index[m] for m in members]
-        if use.role == "producer" and is_batchnorm(module):
+    visible = _visible(use, groups)
+    if not visible:
+        return
+    like = _any_tensor(module)
+    if use.role == "producer" and is_batchnorm(module):
+        for slots in ([use.index[m] for m in members] for _, members in visible):
             if any(len(s) != 1 for s in slots):
                 raise ValueError(f"{use.path}: a BatchNorm channel maps to several entries; cannot merge it")
-            merged = merge_batchnorm(module, [s[0] for s in slots], r)
-            for name, value in merged.items():
-                getattr(module, name)[use.index[rep][0]] = value.to(getattr(module, name).dtype)
-            continue
-        rep_idx = torch.tensor(use.index[rep])
-        for _name, tensor, axis in _channel_tensors(module, use.role):
-            fn = merge_consumer if use.role == "consumer" else merge_linear
-            value = fn(tensor, axis, slots, r)  # float64, the tensor's layout with the rep's slots at `axis`
-            tensor.index_copy_(axis, rep_idx.to(tensor.device), value.to(tensor.dtype))
+        r = [x for _, members in visible for x in _scales(scale, members)]
+        merged = merge_batchnorm_clusters(module, [[use.index[m][0] for m in members] for _, members in visible],
+                                          torch.tensor(r, dtype=torch.float64))
+        reps = torch.tensor([use.index[rep][0] for rep, _ in visible], device=like.device)
+        for name, value in merged.items():
+            tensor = getattr(module, name)
+            tensor.index_copy_(0, reps, value.to(tensor.dtype))
+        return
+    src, dst, coef = [], [], []
+    for rep, members in visible:
+        r = _scales(scale, members)
+        mean = sum(r) / len(r)
+        for m, r_c in zip(members, r):
+            c = r_c / mean if use.role == "consumer" else mean / (len(r) * r_c)
+            for a, b in zip(use.index[m], use.index[rep]):
+                src.append(a), dst.append(b), coef.append(c)
+    src_t, dst_t = torch.tensor(src, device=like.device), torch.tensor(dst, device=like.device)
+    coef_t = torch.tensor(coef, dtype=torch.float64, device=like.device)
+    reps = torch.unique(dst_t)
+    dst_local = torch.searchsorted(reps, dst_t)
+    for _name, tensor, axis in _channel_tensors(module, use.role):
+        shape = [1] * tensor.ndim
+        shape[axis] = -1
+        size = list(tensor.shape)
+        size[axis] = len(reps)
+        total = torch.zeros(size, dtype=torch.float64, device=tensor.device)
+        per_entry = max(1, tensor.numel() // tensor.shape[axis])
+        step = max(1, _CHUNK // per_entry)  # float64 copies of at most _CHUNK numbers at a time
+        for a in range(0, len(src), step):
+            picked = tensor.detach().index_select(axis, src_t[a:a + step]).double() * coef_t[a:a + step].view(shape)
+            total.index_add_(axis, dst_local[a:a + step], picked)
+        tensor.index_copy_(axis, reps, total.to(tensor.dtype))
 
 
 @torch.no_grad()
@@ -213,6 +252,7 @@ def merge_traced(graph, layer_path: str, clustering: Clustering | Sequence[int] 
         grouped = _grouped_consumer_weights(modules, uses, removed)
         pruner = dg.get_pruner_of_module(conv)
         dg.get_pruning_group(conv, pruner.prune_out_channels, removed).prune(record_history=False)
+        dg.achroma_mapped, dg.achroma_walks = False, {}  # the graph no longer describes the model
         for path, weight in grouped.items():
             modules[path].weight = nn.Parameter(weight, requires_grad=modules[path].weight.requires_grad)
     restore_plain_shuffles(work)  # shuffles the merge did not reach become torchvision's own again

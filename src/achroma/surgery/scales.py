@@ -120,30 +120,45 @@ def merge_consumer(t: torch.Tensor, axis: int, slots: list[list[int]], r: torch.
 
 
 def merge_batchnorm(bn: nn.modules.batchnorm._BatchNorm, slots: list[int], r: torch.Tensor) -> dict[str, Any]:
-    """Merged (weight, bias, running_mean, running_var) of one cluster of a BN's channels.
+    """Merged (weight, bias, running_mean, running_var) of one cluster of a BN's channels (0-d tensors):
+    `merge_batchnorm_clusters` for one cluster."""
+    return {k: v[0] for k, v in merge_batchnorm_clusters(bn, [slots], r).items()}
+
+
+def merge_batchnorm_clusters(bn: nn.modules.batchnorm._BatchNorm, clusters: list[list[int]], r: torch.Tensor
+                             ) -> dict[str, torch.Tensor]:
+    """Merged (weight, bias, running_mean, running_var) of several clusters of a BN's channels at once:
+    one float64 value per cluster. `r`: the members' scales, in the order of the concatenated clusters.
 
     Member c maps x to gamma_c (x - mu_c) / sigma_c + beta_c = alpha_c x/r_c + off_c. The merged
     entry maps the merged input x_m = r_m mean(x_c / r_c) to mean_c(alpha_c) x_m / r_m + mean_c(off_c):
     the mean of the members' outputs when they agree on x_c / r_c.
     """
+    device = bn.weight.device if bn.weight is not None else bn.running_var.device
+    i = torch.tensor([s for c in clusters for s in c], device=device)
+    seg = torch.tensor([k for k, c in enumerate(clusters) for _ in c], device=device)
+    sizes = torch.tensor([len(c) for c in clusters], dtype=torch.float64, device=device)
+
+    def mean(v: torch.Tensor) -> torch.Tensor:  # per cluster
+        return torch.zeros(len(clusters), dtype=torch.float64, device=device).index_add_(0, seg, v) / sizes
+
     out: dict[str, Any] = {}
     if bn.running_var is None:  # batch statistics in eval too: only the affine can be merged
         if bn.affine:
-            out["weight"] = bn.weight.detach().double()[slots].mean()
-            out["bias"] = bn.bias.detach().double()[slots].mean()
+            out["weight"] = mean(bn.weight.detach().double()[i])
+            out["bias"] = mean(bn.bias.detach().double()[i])
         return out
-    i = torch.tensor(slots, device=bn.running_var.device)
-    rr = r.to(dtype=torch.float64, device=i.device)
+    rr = r.to(dtype=torch.float64, device=device).reshape(-1)
     mu = bn.running_mean.detach().double()[i]
     sigma = torch.sqrt(bn.running_var.detach().double()[i] + bn.eps)
     gamma = bn.weight.detach().double()[i] if bn.affine else torch.ones_like(mu)
     beta = bn.bias.detach().double()[i] if bn.affine else torch.zeros_like(mu)
-    alpha = (gamma * rr / sigma).mean()
-    offset = (beta - gamma * mu / sigma).mean()
-    r_m = rr.mean()
+    alpha = mean(gamma * rr / sigma)
+    offset = mean(beta - gamma * mu / sigma)
+    r_m = mean(rr)
     if bn.affine:
-        sigma_m = r_m * (sigma / rr).mean()
-        mu_m = r_m * (mu / rr).mean()
+        sigma_m = r_m * mean(sigma / rr)
+        mu_m = r_m * mean(mu / rr)
         gamma_m = alpha * sigma_m / r_m
         out.update(weight=gamma_m, bias=offset + gamma_m * mu_m / sigma_m)
     else:  # gamma = 1, beta = 0 fixed: carry alpha and the offset in the statistics
