@@ -10,5 +10,4 @@ from .store import PointKey, ResultStore
 from .tables import render_markdown, write_tables
 
 __all__ = ["PointKey", "ResultStore", "Sweep", "SweepConfig", "grid_keys", "parse_shard", "render_markdown",
-           "report_points",
-           "shard_keys", "write_tables"]
+           "report_points", "shard_keys", "write_tables"]
