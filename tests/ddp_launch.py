@@ -33,17 +33,21 @@ def suite_models(suite: str) -> dict[str, nn.Module]:
     raise ValueError(f"unknown DDP suite {suite!r}")
 
 
-def run_ddp(suite: str, out: Path) -> dict:
-    """Run tests/ddp_worker.py for `suite` on 2 CPU processes; the gradients rank 0 saved."""
-    worker = Path(__file__).with_name("ddp_worker.py")
+def torchrun(args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node nproc ARGS` (a script, or -m module ...) on CPU processes, 1 thread each."""
     # A port that was free a moment ago on the loopback interface, rather than --standalone's
     # rendezvous, which failed once under load; gloo is told to stay on the loopback too.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", str(worker), suite, str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", *args]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def run_ddp(suite: str, out: Path) -> dict:
+    """Run tests/ddp_worker.py for `suite` on 2 CPU processes; the gradients rank 0 saved."""
+    result = torchrun([str(Path(__file__).with_name("ddp_worker.py")), suite, str(out)])
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out, weights_only=True)

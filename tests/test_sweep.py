@@ -60,7 +60,7 @@ def test_every_point_is_computed_once_with_matched_sizes(finished):
     assert merged[0]["macs"] <= 0.5 * ref["macs"] * 1.05 and merged[0]["params"] < ref["params"]
     model = sweep_run.load_checkpoint(out / "models" / "macs-0.5-fields.safetensors")[0]
     assert count_macs(model, (1, SIZE, SIZE)) == merged[0]["macs"]  # an independent count of the saved model
-    assert len((out / "results.jsonl").read_text().splitlines()) == 6
+    assert len(list((out / "points").glob("*.json"))) == 6  # a file per point
 
 
 def test_a_killed_sweep_recomputes_nothing_finished(tmp_path, data, monkeypatch):
@@ -81,10 +81,9 @@ def test_a_killed_sweep_recomputes_nothing_finished(tmp_path, data, monkeypatch)
     monkeypatch.setattr(sweep_run.Compressor, "fit", counting)
     with pytest.raises(KeyboardInterrupt):
         Sweep(_model(), "cifar", *data, tmp_path, _config(), log=None).run()
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3
+    assert len(list((tmp_path / "points").glob("*.json"))) == 3
     assert calls["merge"] == 1  # fields at 0.5, saved before its points were scored
-    with open(tmp_path / "results.jsonl", "a") as f:
-        f.write('{"id": "half a li')  # a write cut short by the kill
+    (tmp_path / "points" / ".0.5_random_none-0.json.x1.tmp").write_text('{"id": "half a po')  # a write cut short
     calls.update(evaluate=10, merge=0)
     records = Sweep(_model(), "cifar", *data, tmp_path, _config(), log=None).run()
     assert calls["evaluate"] == 10 + 3 and calls["merge"] == 1  # 3 points left; only 'random' is merged anew
@@ -135,3 +134,55 @@ def test_cli_report_only_needs_no_budget_and_rewrites_the_tables(finished, capsy
     assert cli.main(["sweep", "--out", str(out / "missing"), "--report-only"]) == 2
     assert cli.main(["sweep", "--model", "resnet-cifar-20", "--out", str(out / "new")]) == 2
     assert "--target-macs" in capsys.readouterr().err
+
+
+def test_a_legacy_results_jsonl_is_still_read(finished, tmp_path, data):
+    """Folders from before per-point files: their results.jsonl (a cut last line ignored) counts as done."""
+    out, records = finished
+    (tmp_path / "sweep.json").write_text((out / "sweep.json").read_text())
+    lines = [json.dumps(r, sort_keys=True) for r in records[:2]]
+    (tmp_path / "results.jsonl").write_text("\n".join(lines) + '\n{"id": "half a li')
+    sweep = Sweep(_model(), "cifar", *data, tmp_path, _config(), log=None)
+    assert [sweep.store.done(k) for k in sweep.keys()] == [True, True, False, False, False, False]
+
+
+def _without_timings(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_two_shards_then_report_only_give_the_unsharded_tables(finished, tmp_path, data, capsys):
+    out, records = finished
+    sweep = Sweep(_model(), "cifar", *data, tmp_path, _config(), log=None)
+    assert [len(sweep.shard(i, 2)) for i in (1, 2)] == [4, 2]  # whole (budget, method) groups, dealt in turn
+    assert {k.id() for k in sweep.shard(1, 2)} == {"1|uncompressed|none", "1|uncompressed|ls-refit",
+                                                  "0.5|random|none", "0.5|random|ls-refit"}
+    first = sweep.run(shard=(2, 2))
+    assert [r["id"] for r in first] == ["0.5|fields|none", "0.5|fields|ls-refit"]
+    assert not (tmp_path / "models" / "macs-0.5-random.safetensors").is_file()  # the other shard's to build
+    # half done: --report-only names what is missing, in the table and on stderr
+    assert cli.main(["sweep", "--out", str(tmp_path), "--report-only"]) == 0
+    assert "4 of 6 points missing: 1|uncompressed|none" in capsys.readouterr().err
+    assert "Not yet computed (4 of 6 points)" in (tmp_path / "results.md").read_text()
+    # another process, the other shard, into the same folder
+    Sweep(_model(), "cifar", *data, tmp_path, _config(), log=None).run(shard=(1, 2))
+    assert cli.main(["sweep", "--out", str(tmp_path), "--report-only"]) == 0
+    assert "missing" not in capsys.readouterr().err
+    reference = tmp_path / "unsharded"
+    write_tables(records, reference, title="Synthetic")
+    assert (tmp_path / "results.md").read_text() == (reference / "results.md").read_text()
+    assert _without_timings(json.loads((tmp_path / "results.json").read_text())) == \
+        _without_timings(json.loads((reference / "results.json").read_text()))
+    # the grid named on the command line instead of the folder's grid.json
+    assert cli.main(["sweep", "--out", str(tmp_path), "--report-only", "--target-macs", "0.5,0.3",
+                     "--methods", "fields,random", "--repairs", "none,ls-refit"]) == 0
+    assert "4 of 10 points missing: 0.3|fields|none" in capsys.readouterr().err
+
+
+def test_bad_shards_are_refused_with_the_numbering():
+    from achroma.sweep import parse_shard
+
+    assert parse_shard("1/2") == (1, 2) and parse_shard("2/2") == (2, 2)
+    for bad, match in (("0/2", "numbered from 1"), ("3/2", "between 1 and 2"), ("1", "expected i/n"),
+                       ("a/b", "expected i/n"), ("1/0", "at least 1")):
+        with pytest.raises(ValueError, match=match):
+            parse_shard(bad)

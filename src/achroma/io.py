@@ -11,8 +11,12 @@ import torch
 import torch.nn as nn
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+def atomic_write_bytes(path: str | Path, data: bytes, exclusive: bool = False) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, then rename.
+
+    exclusive: never replace an existing `path` (FileExistsError instead); the file appears whole
+    or not at all, and of several processes racing to create it exactly one succeeds (a hard link,
+    which fails when the name exists, instead of the rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -22,7 +26,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes owner-only files; outputs are ordinary files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            Path(tmp).unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -159,7 +159,8 @@ def run(args) -> int:
     from ..data import load_dataset
     from ..pipeline import check_repairs, compress, per_layer, resolve_layers, split_list
     from ..pipeline.spec import check_metric
-    from ..report import build_report, render_markdown, write_outputs
+    from ..training.distributed import setup_distributed
+    from .common import device
 
     clustering_files = [f for f in split_list(args.clustering) if f not in ("-", "")]
     check_out_dir(args.out, [args.weights, *clustering_files], args.force)
@@ -168,6 +169,15 @@ def run(args) -> int:
     repairs = check_repairs(args.repair)
     for m in split_list(args.metric):
         check_metric(m)
+    # Under torchrun (WORLD_SIZE > 1): join the group (gloo on CPU, NCCL on CUDA, a GPU per process). Every
+    # process folds and merges (deterministic: the same merged model everywhere); the trained repairs train
+    # data-parallel, ls-refit and BN statistics sum over the processes; only rank 0 reports and writes.
+    info = setup_distributed(device(args.device))
+    if info.world_size > 1 and device(args.device).type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+        args.device = f"cuda:{info.local_rank}"
+    if not info.is_main:
+        args.quiet = True
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     model, _, normalize, meta = resolve_model(args)
@@ -183,6 +193,22 @@ def run(args) -> int:
     train_set, test_set = limit_calibration_and_test(args, train_set, test_set)
     settings = config_from_args(args, paths, repairs)
     result = compress(model, normalize, train_set, test_set, settings, budget=budget, clusterings=given, log=log)
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        if info.is_main:
+            _report_and_write(args, result, test_set, meta, log)
+        dist.barrier()  # the others wait for the outputs before leaving
+        dist.destroy_process_group()
+        return 0
+    _report_and_write(args, result, test_set, meta, log)
+    return 0
+
+
+def _report_and_write(args, result, test_set, meta, log) -> None:
+    """The report (latency measured here), the outputs written atomically, the table printed."""
+    from ..report import build_report, render_markdown, write_outputs
+
     runs = max(1, args.latency_runs)
     report = build_report(result, latency=not args.no_latency, runs_b1=runs, runs_b256=max(3, runs // 4), log=log)
     report["source"] = {"model": args.model, "weights": args.weights, "dataset": args.dataset,
@@ -194,4 +220,3 @@ def run(args) -> int:
     print(render_markdown(report))
     print(f"wrote {args.out}: model.safetensors (gray, {result.final_key}), report.md, report.json, "
           f"clustering and figures for {len(result.layers)} layer(s)")
-    return 0

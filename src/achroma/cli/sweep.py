@@ -3,6 +3,11 @@
 Resumable: run the same command again after a kill and only the missing points are computed (the
 folder keeps `results.jsonl` and the merged models). A folder from a sweep with other settings is
 refused. `--report-only` rewrites the tables and plots from what is there.
+
+Sharded: `--shard i/n` (numbered from 1) computes only the i-th of n shares of the points (whole
+(budget, method) groups), so n processes or machines (a Slurm array, a shell loop) can run the same
+command into the same folder; each point is its own file, written atomically. A shard writes no
+tables (the others may not be done): `--report-only` makes them once all are, naming what is missing.
 """
 from __future__ import annotations
 
@@ -54,7 +59,12 @@ def register(sub) -> None:
     p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class (default all)")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
     add_run_args(p, "sweep folder (created; an existing sweep folder is resumed)", force=False, quiet=True)
-    p.add_argument("--report-only", action="store_true", help="only rewrite tables and plots from the folder")
+    p.add_argument("--report-only", action="store_true",
+                   help="only write the tables and plots from the points in the folder (the grid of the --target-* "
+                        "flags given here, else of the folder's last run) and name the points missing")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only shard I of N (numbered from 1: 1/4 .. 4/4), whole (budget, method) groups; "
+                        "run all N into the same --out, then --report-only")
     p.set_defaults(func=run)
 
 
@@ -66,21 +76,37 @@ def run(args) -> int:
     from ..data import load_dataset
     from ..pipeline import CompressConfig, RepairConfig
     from ..pipeline.spec import split_list
-    from ..sweep import Sweep, SweepConfig, write_tables
+    from ..sweep import Sweep, SweepConfig, grid_keys, parse_shard, report_points, write_tables
     from .common import device
 
     out = Path(args.out)
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    by, targets = next(((by, t) for by, t in (("macs", args.target_macs), ("params", args.target_params),
+                                               ("both", args.target_both)) if t), ("macs", None))
     if args.report_only:
-        if not (out / "results.jsonl").is_file():
-            raise ValueError(f"{out} holds no sweep results (results.jsonl) to report")
-        records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-        for path in write_tables(records, out, title=json.loads((out / "sweep.json").read_text())["dataset"]):
+        if not (out / "sweep.json").is_file():
+            raise ValueError(f"{out} holds no sweep (sweep.json) to report")
+        settings = json.loads((out / "sweep.json").read_text())
+        keys = None
+        if targets is not None:  # the grid named here, with the run's defaults for what is not named
+            if by != settings["by"]:
+                raise ValueError(f"{out} holds a sweep by {settings['by']}, not {by}")
+            scratch = args.scratch_epochs if args.scratch_epochs is not None else settings.get("scratch_epochs")
+            keys = grid_keys([float(t) for t in split_list(targets)], split_list(args.methods),
+                             split_list(args.repairs), scratch)
+        records, missing = report_points(out, keys)
+        if not records:
+            raise ValueError(f"{out} holds no finished sweep points to report")
+        if missing:
+            print(f"{len(missing)} of {len(records) + len(missing)} points missing: "
+                  f"{', '.join(k.id() for k in missing)}", file=sys.stderr)
+        for path in write_tables(records, out, title=settings["dataset"], missing=[k.id() for k in missing]):
             print(path)
         return 0
-    if args.target_macs is None and args.target_params is None and args.target_both is None:
+    if targets is None:
         raise ValueError("give the budgets: --target-macs, --target-params or --target-both (e.g. 0.5,0.3)")
-    if not (out / "sweep.json").is_file():  # a new sweep: an empty folder, not an input's
-        check_out_dir(out, [args.weights], force=False)
+    if not (out / "sweep.json").is_file() and not (shard and _sweep_entries_only(out)):
+        check_out_dir(out, [args.weights], force=False)  # a new sweep: an empty folder, not an input's
     if args.threads:
         torch.set_num_threads(args.threads)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -88,8 +114,6 @@ def run(args) -> int:
     train_set = load_dataset(args.dataset, "train", args.data_dir)
     test_set = load_dataset(args.dataset, "test", args.data_dir)
     train_set, test_set = limit_calibration_and_test(args, train_set, test_set)
-    by, targets = next(((by, t) for by, t in (("macs", args.target_macs), ("params", args.target_params),
-                                               ("both", args.target_both)) if t), ("macs", None))
     merge = CompressConfig(metric=args.metric, cluster_method=args.cluster,
                            repair_config=RepairConfig(epochs=args.epochs, batch_size=args.repair_batch_size),
                            fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
@@ -101,8 +125,23 @@ def run(args) -> int:
                          repairs=split_list(args.repairs), skip=split_list(args.skip), allocation=args.allocation,
                          scratch_epochs=args.scratch_epochs, merge=merge)
     sweep = Sweep(model, normalize, train_set, test_set, out, config, log=log)
-    records = sweep.run()
+    records = sweep.run(shard=shard)
+    if shard is not None:
+        _, missing = sweep.collect()
+        print(f"shard {shard[0]}/{shard[1]}: {len(records)} points in {out}; {len(missing)} of the sweep's "
+              f"{len(sweep.keys())} points not yet there. When every shard is done: "
+              f"achroma sweep --report-only --out {out}")
+        return 0
     paths = write_tables(records, out, title=test_set.extra.get("display_name", test_set.name))
     print((out / "results.md").read_text())
     print(f"wrote {', '.join(p.name for p in paths)} in {out}")
     return 0
+
+
+def _sweep_entries_only(out: Path) -> bool:
+    """True when `out` is missing or holds nothing but what another shard of a sweep starting at the
+    same moment may have made already (its settings, being written, or its points and models)."""
+    if not out.is_dir():
+        return True
+    return all(p.name in ("sweep.json", "grid.json", "points", "models") or p.name.startswith(".sweep.json.")
+               or p.name.startswith(".grid.json.") for p in out.iterdir())

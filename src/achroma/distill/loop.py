@@ -13,6 +13,7 @@ from ..data import ImageDataset, Normalization, get_normalization, mode_channels
 from ..io import save_checkpoint
 from ..training import (EarlyStopping, TrainConfig, best_summary, evaluate, first_conv_in_channels, lr_at,
                         make_optimizer, train_step, validation_record)
+from ..training.distributed import setup_distributed, unwrap, wrap_model
 from .losses import LOSSES, distillation_loss
 from .pairs import PairedBatchLoader
 
@@ -45,6 +46,9 @@ def distill(
     `out_dir/model.safetensors` + `.json` (mode, normalization, distillation settings, history).
     With `val_set` the student is scored on it (labels) every epoch; with `config.patience` too, the
     run stops after that many epochs without a better validation accuracy and keeps the best epoch.
+    Under torchrun (WORLD_SIZE > 1) the student trains data-parallel as in `achroma.training.train`:
+    DDP, each process its share of every epoch, `config.batch_size` per process; only rank 0 prints
+    and saves.
     """
     if config.patience is not None and val_set is None:
         raise ValueError("early stopping (patience) needs a validation set")
@@ -55,6 +59,10 @@ def distill(
     _check_input(teacher, teacher_mode, "teacher")
     _check_input(student, student_mode, "student")
     device = config.resolved_device()
+    info = setup_distributed(device)
+    if device.type == "cuda" and info.world_size > 1:
+        device = torch.device("cuda", info.local_rank)
+    progress = progress and info.is_main
     torch.manual_seed(config.seed)
     amp = config.amp and device.type == "cuda"
     teacher = teacher.to(device).eval()
@@ -63,7 +71,8 @@ def distill(
     loader = PairedBatchLoader(train_set, config.batch_size, teacher_mode=teacher_mode, student_mode=student_mode,
                                teacher_normalize=t_norm, student_normalize=s_norm, shuffle=True,
                                augment=config.augment, drop_last=True, device=device, seed=config.seed,
-                               flip=config.flip)
+                               flip=config.flip, rank=info.rank, world_size=info.world_size)
+    net = wrap_model(student, info, device)
     settings = {"loss": loss, "T": T, "alpha": alpha, "teacher_mode": teacher_mode,
                 "teacher_normalization": t_norm.to_dict(), "teacher_arch": getattr(teacher, "achroma_arch", None)}
     history: dict = {"epochs": [], "config": config.to_dict(), "distillation": settings}
@@ -74,7 +83,7 @@ def distill(
     stopper = EarlyStopping(config.patience)
     for epoch in range(config.epochs):
         loader.set_epoch(epoch)
-        student.train()
+        net.train()
         t0, total = time.time(), 0.0
         bar = progress_bar(loader, desc=f"distill {epoch + 1}/{config.epochs}", enabled=progress)
         for i, (xt, xs, y) in enumerate(bar):
@@ -82,7 +91,7 @@ def distill(
                 group["lr"] = lr_at(config, epoch + i / steps)
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 target = teacher(xt).float()
-            value = train_step(student, xs, y, optimizer, _loss_fn(loss, target, T, alpha), amp)
+            value = train_step(net, xs, y, optimizer, _loss_fn(loss, target, T, alpha), amp)
             total += value
             bar.set_postfix(loss=f"{value:.4f}")
         record = {"epoch": epoch + 1, "train_loss": total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
@@ -103,7 +112,7 @@ def distill(
     if val_set is not None and stopper.best_state is not None:
         stopper.restore(student)
         history.update(best_summary(stopper, history["epochs"], config.select_by))
-    if out_dir is not None:
+    if out_dir is not None and info.is_main:
         meta = {"normalization": s_norm.to_dict(), "mode": student_mode,
                 "dataset": {"name": train_set.name,
                             "display_name": train_set.extra.get("display_name", train_set.name),
@@ -118,7 +127,7 @@ def _loss_fn(name: str, target: torch.Tensor, T: float, alpha: float):
 
     def fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         value = distillation_loss(name, model(x), target, y, T=T, alpha=alpha)
-        reg = getattr(model, "regularization_loss", None)
+        reg = getattr(unwrap(model), "regularization_loss", None)  # the student's own, through DDP's wrapper
         return value + reg().to(value.device) if reg is not None else value
 
     return fn

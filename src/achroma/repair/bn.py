@@ -36,8 +36,11 @@ def bn_train(
 
     BN running statistics update as in any training pass (Keras does the same); all other
     parameters are frozen. Trains `model` in place and returns it; requires_grad flags and the
-    train/eval mode are restored afterwards. `loader` yields (inputs, labels) batches.
+    train/eval mode are restored afterwards. `loader` yields (inputs, labels) batches. Under torchrun
+    (a process group joined) the model trains data-parallel (DDP): give each process its share.
     """
+    from ..training.distributed import current, wrap_model
+
     layers = _batchnorms(model)
     params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
     if not params:
@@ -51,10 +54,11 @@ def bn_train(
         for p in model.parameters():
             p.requires_grad_(id(p) in trainable)
         model.train()
+        net = wrap_model(model, current(), device)  # after the flags: DDP syncs the BN affines only
         for _ in range(epochs):
             for x, y in islice(loader, max_batches):
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x.to(device)).float(), y.to(device))
+                loss = F.cross_entropy(net(x.to(device)).float(), y.to(device))
                 loss.backward()
                 optimizer.step()
     finally:
@@ -71,8 +75,12 @@ def bn_recalibrate(model: nn.Module, loader: Batches, max_batches: int | None = 
     """Re-estimate every BN layer's running mean/var on `loader`, with no gradient step.
 
     Statistics are reset and accumulated as a plain average over the batches (momentum=None);
-    only the BN layers run in train mode (dropout stays off). In place; returns `model`.
+    only the BN layers run in train mode (dropout stays off). In place; returns `model`. Under
+    torchrun each process averages its own batches and the averages are then averaged over the
+    processes, weighted by their batch counts.
     """
+    from ..training.distributed import all_reduce_sum, current
+
     layers = [m for m in _batchnorms(model) if m.track_running_stats]
     modes = {m: m.training for m in model.modules()}
     saved = {m: (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
@@ -95,6 +103,14 @@ def bn_recalibrate(model: nn.Module, loader: Batches, max_batches: int | None = 
                 m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
         for m, flag in modes.items():
             m.training = flag
+    if current().world_size > 1:  # every process must take part, so before the error below
+        count = torch.tensor([float(seen)], dtype=torch.float64)
+        all_reduce_sum(count)
+        for m in layers:
+            for buf in (m.running_mean, m.running_var):
+                total = buf.double() * seen
+                all_reduce_sum(total)
+                buf.copy_((total / count.clamp_min(1).to(total.device)).to(buf.dtype))
     if seen == 0:
         raise ValueError("the calibration loader yielded no batches")
     return model

@@ -185,9 +185,15 @@ def ls_refit(model: nn.Module, reference: nn.Module, batches: Batches, layers: l
     whose outputs were merged: `merged_producers`) to match `reference`'s outputs.
 
     `batches` yields (images, labels) the two models take (raw gray for folded models); it is read
-    once and kept (a few thousand images). Both models are used in eval mode.
+    once and kept (a few thousand images). Both models are used in eval mode. Under torchrun every
+    process reads its share of the images (every world_size-th) and X^T X, X^T Y are summed over the
+    processes before each solve, so every process writes the same weights.
     """
+    from ..training.distributed import current
+
     images = torch.cat([x for x, _ in batches])
+    info = current()
+    total = len(images)
     model.eval()
     reference.eval()
     producers = merged_producers(model, reference, merges, images[:1]) if merges else {}
@@ -195,7 +201,9 @@ def ls_refit(model: nn.Module, reference: nn.Module, batches: Batches, layers: l
         consumers = set(changed_consumers(model, reference, size))
         order = conv_forward_order(model, size) + [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         layers = [p for p in order if p in consumers or p in producers]
-    report = RefitReport(images=len(images))
+    report = RefitReport(images=total)
+    if info.world_size > 1:
+        images = images[info.rank::info.world_size]
     for path in layers:
         _refit_layer(model, reference, path, images, ridge, producers.get(path), report)
     return report
@@ -204,6 +212,8 @@ def ls_refit(model: nn.Module, reference: nn.Module, batches: Batches, layers: l
 def _refit_layer(model: nn.Module, reference: nn.Module, path: str, images: torch.Tensor, ridge: float,
                  producer: _ProducerTarget | None, report: RefitReport) -> None:
     """Accumulate X^T X, X^T Y over the images, solve the ridge problem, write the weights."""
+    from ..training.distributed import all_reduce_sum
+
     module = model.get_submodule(path)
     w = module.weight
     dim = w[0].numel()
@@ -225,6 +235,7 @@ def _refit_layer(model: nn.Module, reference: nn.Module, path: str, images: torc
         xtx += a.T @ a
         xty += a.T @ b
         yty += b.pow(2).sum()
+    all_reduce_sum(xtx, xty, yty)  # the other processes' images (a no-op for one process)
     old = w.detach().double().reshape(w.shape[0], -1).T
     lam = (ridge * torch.trace(xtx) / dim).clamp_min(1e-12)  # inputs all zero: still solvable (W = 0)
     new = torch.linalg.solve(xtx + lam * torch.eye(dim, dtype=torch.float64, device=w.device), xty)

@@ -14,11 +14,25 @@ import torch.nn as nn
 from .base import Repair, RepairJob, register_repair
 
 
-def _loader(job: RepairJob, batch_size: int, shuffle: bool = True, augment: bool = False):
+def _loader(job: RepairJob, batch_size: int, shuffle: bool = True, augment: bool = False, shard: bool = False):
+    """The repair images in batches. shard: under torchrun, this process's share of every epoch (the same
+    permutation in every process, every world_size-th image), each batch as big as `batch_size`."""
     from ..data import BatchLoader
+    from ..training.distributed import current
 
+    info = current() if shard else None
     return BatchLoader(job.images, batch_size=batch_size, mode=job.mode, normalize=job.normalize, shuffle=shuffle,
-                       augment=augment, seed=job.seed, device=job.device)
+                       augment=augment, seed=job.seed, device=job.device, rank=info.rank if info else 0,
+                       world_size=info.world_size if info else 1)
+
+
+def _per_process(batch_size: int) -> int:
+    """A global batch split over the processes, so that N processes step on the batches one would
+    (BatchLoader deals each epoch's permutation out in turn: process r's j-th batch is the r-th share
+    of the single process's j-th batch when the batch divides evenly)."""
+    from ..training.distributed import current
+
+    return max(1, batch_size // current().world_size)
 
 
 def _stats(model: nn.Module, job: RepairJob, augment: bool | None = None) -> nn.Module:
@@ -26,7 +40,8 @@ def _stats(model: nn.Module, job: RepairJob, augment: bool | None = None) -> nn.
     from .bn import bn_recalibrate
 
     augment = job.config.stats_augment if augment is None else augment
-    return bn_recalibrate(model, _loader(job, job.config.stats_batch_size, augment=augment)).eval()
+    # each process averages its share of the batches; bn_recalibrate then averages over the processes
+    return bn_recalibrate(model, _loader(job, job.config.stats_batch_size, augment=augment, shard=True)).eval()
 
 
 @register_repair
@@ -69,9 +84,10 @@ class BnTrain(Repair):
     name, help, trained = "bn-train", "the BN affines trained on the labels (the notebook's repair)", True
 
     def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+        from ..training.distributed import average_buffers
         from .bn import bn_train
 
-        loader = _loader(job, job.config.batch_size, augment=job.config.augment)
+        loader = _loader(job, _per_process(job.config.batch_size), augment=job.config.augment, shard=True)
 
         def epochs():
             for epoch in range(job.config.epochs):
@@ -79,7 +95,8 @@ class BnTrain(Repair):
                 yield from loader
 
         torch.manual_seed(job.seed)
-        return bn_train(model, epochs(), epochs=1, lr=job.config.lr, momentum=job.config.momentum)
+        model = bn_train(model, epochs(), epochs=1, lr=job.config.lr, momentum=job.config.momentum)
+        return average_buffers(model)
 
 
 @register_repair
@@ -104,7 +121,7 @@ class Distill(Repair):
             teacher, t_mode, t_norm = job.reference, job.mode, job.normalize
         if teacher is None:
             raise ValueError(f"the distill repair needs the {c.distill_teacher} model as teacher")
-        train = TrainConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.distill_lr, momentum=0.9, weight_decay=0.0,
+        train = TrainConfig(epochs=c.epochs, batch_size=_per_process(c.batch_size), lr=c.distill_lr, momentum=0.9, weight_decay=0.0,
                             schedule=c.distill_schedule, augment=c.augment, seed=job.seed, device=str(job.device))
         distill(model, teacher, job.images, train, teacher_mode=t_mode, student_mode=job.mode,
                 teacher_normalize=t_norm, student_normalize=job.normalize, loss=c.distill_loss,
@@ -121,21 +138,23 @@ class _Finetune(Repair):
     def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
         from ..distill import distill
         from ..training import TrainConfig, train
+        from ..training.distributed import average_buffers, current
 
         c = job.config
-        batch = min(c.finetune_batch_size, len(job.images))  # a small repair set still gets a step per epoch
+        # a small repair set still gets a step per epoch; split over the processes under torchrun
+        batch = max(1, min(c.finetune_batch_size, len(job.images)) // current().world_size)
         config = TrainConfig(epochs=c.epochs, batch_size=batch, lr=c.finetune_lr, momentum=0.9,
                              weight_decay=c.finetune_weight_decay, schedule="cosine", mode=job.mode,
                              normalize=job.normalize, augment=True, seed=job.seed, device=str(job.device))
         if not self.kd:
             train(model, job.images, config, resume=False)
-            return model.eval()
+            return average_buffers(model).eval()
         if job.teacher is None:
             raise ValueError("the finetune-kd repair needs the color model as teacher")
         distill(model, job.teacher, job.images, config, teacher_mode=job.teacher_input_mode(), student_mode=job.mode,
                 teacher_normalize=job.teacher_normalize, student_normalize=job.normalize, loss="kd",
                 T=c.kd_temperature, alpha=c.kd_alpha, progress=False)
-        return model.eval()
+        return average_buffers(model).eval()
 
 
 @register_repair

@@ -6,6 +6,12 @@ in `models/`; each repair then starts from it. The uncompressed folded model get
 too (target 1.0, method 'uncompressed'): the row each merged point is judged against. With
 `scratch_epochs`, each budget's compressed architecture is also trained from scratch on gray
 (method 'scratch', repair 'train:E'). Points already in the store are skipped.
+
+Sharding: `run(shard=(i, n))` computes only shard i of n (numbered from 1). A shard takes whole
+(budget, method) groups, every repair of one merged model, so each merged model is built by exactly
+one process; the scratch point of a budget goes with the group of its first method, whose merged
+architecture it trains. Shards share the folder (each point is its own file) and `collect()` or
+`report_points()` gathers what all of them have finished.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import torch.nn as nn
 
 from ..data import ImageDataset, get_normalization
 from ..fold import GRAY_NORMALIZATION
-from ..io import load_checkpoint, save_checkpoint
+from ..io import atomic_write_json, load_checkpoint, save_checkpoint
 from ..pipeline import Budget, CompressConfig, Compressor, repair_model
 from ..pipeline.merging import refit_merges
 from ..pipeline.spec import check_repairs
@@ -29,9 +35,68 @@ from ..report import count_macs
 from ..report.table import stage_seconds
 from ..surgery import reinitialize
 from ..training import TrainConfig, count_parameters, evaluate, train
-from .store import PointKey, ResultStore
+from .store import PointKey, ResultStore, read_points
 
 Log = Callable[[str], None]
+
+
+def grid_keys(targets: Sequence[float], methods: Sequence[str], repairs: Sequence[str],
+              scratch_epochs: int | None = None) -> list[PointKey]:
+    """Every point of a grid, in the order a sweep computes them and its tables list them."""
+    keys = [PointKey(1.0, "uncompressed", r) for r in repairs]
+    for target in targets:
+        keys += [PointKey(float(target), m, r) for m in methods for r in repairs]
+        if scratch_epochs:
+            keys.append(PointKey(float(target), "scratch", f"train:{scratch_epochs}"))
+    return keys
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n), shards numbered from 1 (1/2 and 2/2; a Slurm array --array=1-n gives
+    --shard $SLURM_ARRAY_TASK_ID/n). A clear ValueError for anything else."""
+    parts = str(text).split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 1/4 (shards are numbered from 1)") from None
+    if count < 1:
+        raise ValueError(f"--shard {text!r}: the number of shards must be at least 1")
+    if not 1 <= index <= count:
+        hint = f" (shards are numbered from 1: 1/{count} .. {count}/{count})" if index == 0 else ""
+        raise ValueError(f"--shard {text!r}: i must be between 1 and {count}{hint}")
+    return index, count
+
+
+def shard_keys(keys: Sequence[PointKey], index: int, count: int, first_method: str | None = None) -> list[PointKey]:
+    """The points of shard `index` of `count` (from 1): whole (target, method) groups, dealt out in turn.
+    A scratch point joins the group of `first_method` at its budget (it trains that merged architecture)."""
+    groups: dict[tuple[float, str], int] = {}
+    for key in keys:
+        method = first_method if key.method == "scratch" and first_method else key.method
+        groups.setdefault((key.target, method), len(groups))
+    mine = []
+    for key in keys:
+        method = first_method if key.method == "scratch" and first_method else key.method
+        if groups[(key.target, method)] % count == index - 1:
+            mine.append(key)
+    return mine
+
+
+def report_points(folder: str | Path, keys: Sequence[PointKey] | None = None
+                  ) -> tuple[list[dict[str, Any]], list[PointKey]]:
+    """(records, missing) of a sweep folder: the stored points of `keys` in their order and the keys not
+    yet stored. Without `keys`, the grid the folder's last run saved (`grid.json`) when there is one,
+    else every stored point in the order found. Stored points outside the grid are left out."""
+    folder = Path(folder)
+    stored = read_points(folder)
+    if keys is None and (folder / "grid.json").is_file():
+        import json
+
+        grid = json.loads((folder / "grid.json").read_text())
+        keys = grid_keys(grid["targets"], grid["methods"], grid["repairs"], grid.get("scratch_epochs"))
+    if keys is None:
+        return list(stored.values()), []
+    return [stored[k.id()] for k in keys if k.id() in stored], [k for k in keys if k.id() not in stored]
 
 
 @dataclass
@@ -102,23 +167,36 @@ class Sweep:
     def keys(self) -> list[PointKey]:
         """Every point, in the order they are computed."""
         c = self.config
-        keys = [PointKey(1.0, "uncompressed", r) for r in c.repairs]
-        for target in c.targets:
-            keys += [PointKey(float(target), m, r) for m in c.methods for r in c.repairs]
-            if c.scratch_epochs:
-                keys.append(PointKey(float(target), "scratch", f"train:{c.scratch_epochs}"))
-        return keys
+        return grid_keys(c.targets, c.methods, c.repairs, c.scratch_epochs)
 
-    def run(self) -> list[dict[str, Any]]:
-        todo = [k for k in self.keys() if not self.store.done(k)]
-        self.log(f"sweep in {self.out}: {len(self.keys()) - len(todo)} points done, {len(todo)} to compute")
+    def shard(self, index: int, count: int) -> list[PointKey]:
+        """The points of shard `index` of `count` (numbered from 1), see the module's doc."""
+        return shard_keys(self.keys(), index, count, first_method=self.config.methods[0])
+
+    def run(self, shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+        """Compute the missing points (of `shard`, (i, n) from 1, when given); returns the records of
+        every point (of the shard) in order."""
+        c = self.config
+        # the grid of the last run, for `report_points` (every shard of one command writes the same)
+        atomic_write_json(self.out / "grid.json", {"targets": [float(t) for t in c.targets],
+                                                   "methods": list(c.methods), "repairs": list(c.repairs),
+                                                   "scratch_epochs": c.scratch_epochs})
+        keys = self.keys() if shard is None else self.shard(*shard)
+        todo = [k for k in keys if not self.store.done(k)]
+        where = "" if shard is None else f" (shard {shard[0]}/{shard[1]}: {len(keys)} of {len(self.keys())} points)"
+        self.log(f"sweep in {self.out}{where}: {len(keys) - len(todo)} points done, {len(todo)} to compute")
         bar = progress(total=len(todo), desc="sweep", enabled=self.config.merge.progress)
         for key in todo:
             bar.set_postfix(point=key.id())
             self._compute(key)
             bar.update(1)
         bar.close()
-        return [self.store.records[k.id()] for k in self.keys()]
+        self.store.reload()
+        return [self.store.records[k.id()] for k in keys]
+
+    def collect(self) -> tuple[list[dict[str, Any]], list[PointKey]]:
+        """(records, missing): every point of the grid that any process has finished, in order, and the rest."""
+        return report_points(self.out, self.keys())
 
     # -- one point ---------------------------------------------------------------------------------------
 

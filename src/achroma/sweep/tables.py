@@ -18,9 +18,10 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def render_markdown(records: Sequence[dict[str, Any]], title: str = "Sweep") -> str:
+def render_markdown(records: Sequence[dict[str, Any]], title: str = "Sweep", missing: Sequence[str] = ()) -> str:
     """One table per budget: a row per method, a column per repair (accuracy), with parameters and MACs
-    relative to the uncompressed gray model. The best compressed entry of each column is bold."""
+    relative to the uncompressed gray model. The best compressed entry of each column is bold.
+    missing: ids of the grid's points not (yet) computed, named under the tables."""
     ref = next((r for r in records if r["method"] == "uncompressed"), None)
     repairs = list(dict.fromkeys(r["repair"] for r in records if r["method"] != "scratch"))
     lines = [f"# {title}", ""]
@@ -54,10 +55,14 @@ def render_markdown(records: Sequence[dict[str, Any]], title: str = "Sweep") -> 
         lines.append("")
     lines.append("Accuracy in %, top-1 on the test images; parameters and MACs (FlopCounter) with their share of the "
                  "uncompressed gray model's; 'scratch' is the compressed architecture trained from scratch.")
+    if missing:
+        lines += ["", f"Not yet computed ({len(missing)} of {len(records) + len(missing)} points): "
+                  + ", ".join(f"`{m}`" for m in missing) + "."]
     return "\n".join(lines) + "\n"
 
 
-def write_tables(records: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "Sweep") -> list[Path]:
+def write_tables(records: Sequence[dict[str, Any]], out_dir: str | Path, title: str = "Sweep",
+                 missing: Sequence[str] = ()) -> list[Path]:
     """results.csv, results.json and results.md in `out_dir` (atomic), plus the Pareto plots."""
     out = Path(out_dir)
     buf = io.StringIO()
@@ -67,7 +72,7 @@ def write_tables(records: Sequence[dict[str, Any]], out_dir: str | Path, title: 
         writer.writerow(_flat(r))
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
     atomic_write_bytes(out / "results.json", (json.dumps(list(records), indent=2, sort_keys=True) + "\n").encode())
-    atomic_write_bytes(out / "results.md", render_markdown(records, title).encode())
+    atomic_write_bytes(out / "results.md", render_markdown(records, title, missing).encode())
     from .plots import plot_pareto
 
     return [out / "results.csv", out / "results.json", out / "results.md", *plot_pareto(records, out, title)]

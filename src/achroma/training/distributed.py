@@ -47,3 +47,30 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Mod
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def current() -> DistInfo:
+    """The process group this process has already joined, or a single process; never joins one."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Each tensor replaced, in place, by its sum over the processes (nothing for a single process)."""
+    if current().world_size > 1:
+        for t in tensors:
+            dist.all_reduce(t)
+
+
+def average_buffers(model: nn.Module) -> nn.Module:
+    """Floating-point buffers (BN running statistics) averaged over the processes. DDP broadcasts rank 0's
+    buffers before each forward and each rank then updates them with its own shard, so after training
+    they differ a little between ranks: averaged, every rank holds the same model."""
+    world = current().world_size
+    if world > 1:
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf.div_(world)
+    return model
