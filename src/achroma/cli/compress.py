@@ -68,7 +68,8 @@ def register(sub) -> None:
     p.add_argument("--fields-from", default="color", choices=["color", "current"],
                    help="compute each layer's fields in the color model, then luma (color, default: the notebook's "
                         "way, and the better merge in docs/RESULTS.md) or in the gray model as merged so far")
-    p.add_argument("--repair", default="bn-train", help="ls-refit | bn-train | bn-stats | distill | finetune | "
+    p.add_argument("--repair", default=None, help="default: with a target, the recommended one-epoch recipe "
+                   "(ls-refit+distill, one-cycle schedule: docs/RESULTS.md, issue 22), else bn-train; ls-refit | bn-train | bn-stats | distill | finetune | "
                    "finetune-kd | none, a sequence joined by '+' (ls-refit+distill), or several to compare "
                    "(bn-train,ls-refit+distill); trained repairs take epochs after ':' (finetune:3); "
                    "the saved model carries the first")
@@ -84,8 +85,9 @@ def register(sub) -> None:
                    help="distill repair: logit MSE (default) or Hinton KD plus the labels")
     p.add_argument("--distill-teacher", default="color", choices=["color", "gray"],
                    help="distill repair: the color model on color images (default) or the uncompressed gray model")
-    p.add_argument("--distill-schedule", default="cosine", choices=["cosine", "onecycle"],
-                   help="distill repair: the learning rate's schedule inside the epochs (default cosine)")
+    p.add_argument("--distill-schedule", default=None, choices=["cosine", "onecycle"],
+                   help="distill repair: the learning rate's schedule inside the epochs (default cosine; onecycle in "
+                        "the recommended recipe)")
     p.add_argument("--guard", type=float, default=0.1, help="share of the repair images held out (at most 1,000) to "
                    "score every stage of a trained repair; the best stage is kept (default 0.1; 0: off)")
     p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class (default all)")
@@ -153,6 +155,19 @@ def config_from_args(args, layers, repairs):
                           device=str(device(args.device)), progress=not args.quiet, guard=args.guard)
 
 
+def _default_repair(args) -> None:
+    """No --repair: with a target, the recommended recipe (its schedule unless one is named); else bn-train."""
+    from ..pipeline.config import BUDGET_REPAIR, BUDGET_REPAIR_CONFIG
+
+    targeted = args.target_macs is not None or args.target_params is not None
+    if args.repair is None:
+        args.repair = BUDGET_REPAIR if targeted else "bn-train"
+        if targeted and args.distill_schedule is None:
+            args.distill_schedule = BUDGET_REPAIR_CONFIG["distill_schedule"]
+    if args.distill_schedule is None:
+        args.distill_schedule = "cosine"
+
+
 def run(args) -> int:
     import torch
 
@@ -166,6 +181,7 @@ def run(args) -> int:
     check_out_dir(args.out, [args.weights, *clustering_files], args.force)
     if args.threads:
         torch.set_num_threads(args.threads)
+    _default_repair(args)
     repairs = check_repairs(args.repair)
     for m in split_list(args.metric):
         check_metric(m)
