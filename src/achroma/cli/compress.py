@@ -69,7 +69,7 @@ def register(sub) -> None:
                    help="compute each layer's fields in the color model, then luma (color, default: the notebook's "
                         "way, and the better merge in docs/RESULTS.md) or in the gray model as merged so far")
     p.add_argument("--repair", default=None, help="default: with a target, the recommended one-epoch recipe "
-                   "(ls-refit+distill, one-cycle schedule: docs/RESULTS.md, issue 22), else bn-train; ls-refit | bn-train | bn-stats | distill | finetune | "
+                   "(distill, one-cycle schedule: docs/RESULTS.md, issue 22), else bn-train; ls-refit | bn-train | bn-stats | distill | finetune | "
                    "finetune-kd | none, a sequence joined by '+' (ls-refit+distill), or several to compare "
                    "(bn-train,ls-refit+distill); trained repairs take epochs after ':' (finetune:3); "
                    "the saved model carries the first")
