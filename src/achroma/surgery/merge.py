@@ -94,11 +94,16 @@ def _any_tensor(module: nn.Module) -> torch.Tensor:
 _CHUNK = 1 << 22  # numbers per float64 slice while folding a use
 
 
-def _scales(scale: dict[int, torch.Tensor] | None, members: list[int]) -> list[float]:
-    """`member_scales` as floats: the members' r_c, or all 1 when a member has none."""
-    if scale is None or any(m not in scale for m in members):
-        return [1.0] * len(members)
-    return [float(scale[m]) for m in members]
+def _member_scales(scale: dict[int, torch.Tensor] | None, visible: list[tuple[int, list[int]]],
+                   like: torch.Tensor) -> torch.Tensor:
+    """Every visible member's r_c (clusters in order, members in order), float64 on `like`'s device; a
+    cluster with a member that has no scale gets 1 for all (`member_scales`). No value is read on the
+    host (meta tensors have none)."""
+    one = torch.ones((), dtype=torch.float64, device=like.device)
+    vals = [scale[m].to(dtype=torch.float64, device=like.device)
+            if scale is not None and all(x in scale for x in members) else one
+            for _, members in visible for m in members]
+    return torch.stack(vals)
 
 
 @torch.no_grad()
@@ -121,26 +126,30 @@ def _fold_use(module: nn.Module, use: ChannelUse, groups: list[tuple[int, list[i
         for slots in ([use.index[m] for m in members] for _, members in visible):
             if any(len(s) != 1 for s in slots):
                 raise ValueError(f"{use.path}: a BatchNorm channel maps to several entries; cannot merge it")
-        r = [x for _, members in visible for x in _scales(scale, members)]
         merged = merge_batchnorm_clusters(module, [[use.index[m][0] for m in members] for _, members in visible],
-                                          torch.tensor(r, dtype=torch.float64))
+                                          _member_scales(scale, visible, like))
         reps = torch.tensor([use.index[rep][0] for rep, _ in visible], device=like.device)
         for name, value in merged.items():
             tensor = getattr(module, name)
             tensor.index_copy_(0, reps, value.to(tensor.dtype))
         return
-    src, dst, coef = [], [], []
+    r = _member_scales(scale, visible, like)
+    seg = torch.tensor([k for k, (_, members) in enumerate(visible) for _ in members], device=like.device)
+    sizes = torch.tensor([len(members) for _, members in visible], dtype=torch.float64, device=like.device)
+    mean = torch.zeros(len(visible), dtype=torch.float64, device=like.device).index_add_(0, seg, r) / sizes
+    coef_member = r / mean[seg] if use.role == "consumer" else mean[seg] / (sizes[seg] * r)
+    src, dst, member = [], [], []
+    i = 0
     for rep, members in visible:
-        r = _scales(scale, members)
-        mean = sum(r) / len(r)
-        for m, r_c in zip(members, r):
-            c = r_c / mean if use.role == "consumer" else mean / (len(r) * r_c)
+        for m in members:
             for a, b in zip(use.index[m], use.index[rep]):
-                src.append(a), dst.append(b), coef.append(c)
-    src_t, dst_t = torch.tensor(src, device=like.device), torch.tensor(dst, device=like.device)
-    coef_t = torch.tensor(coef, dtype=torch.float64, device=like.device)
-    reps = torch.unique(dst_t)
-    dst_local = torch.searchsorted(reps, dst_t)
+                src.append(a), dst.append(b), member.append(i)
+            i += 1
+    order = sorted(set(dst))  # indices are worked out on the host: a meta tensor holds no values
+    where = {d: k for k, d in enumerate(order)}
+    src_t, reps = torch.tensor(src, device=like.device), torch.tensor(order, device=like.device)
+    dst_local = torch.tensor([where[d] for d in dst], device=like.device)
+    coef_t = coef_member[torch.tensor(member, device=like.device)]
     for _name, tensor, axis in _channel_tensors(module, use.role):
         shape = [1] * tensor.ndim
         shape[axis] = -1
