@@ -53,8 +53,9 @@ def field_variants(args: argparse.Namespace) -> dict:
 def add_model_args(p: argparse.ArgumentParser, normalize: bool = False) -> None:
     """--model/--weights/--in-chans/--num-classes, and with `normalize` the model's --normalize."""
     p.add_argument("--model", default=None, help="registry name (seed-densenet, densenet-bc-100, resnet-cifar-20, "
-                   "tv:resnet18, ...), or your own class or factory as package.module:Name (found on sys.path: "
-                   "PYTHONPATH=.); optional with one of our checkpoints of a registry model")
+                   "tv:resnet18, timm:resnet18 with achroma[timm], ...), or your own class or factory as "
+                   "package.module:Name (found on sys.path: PYTHONPATH=.); optional with one of our checkpoints "
+                   "of a registry model")
     p.add_argument("--model-args", default=None, help="keyword arguments of a package.module:Name model, as JSON "
                    "(e.g. '{\"num_classes\": 10}')")
     p.add_argument("--weights", default=None,
@@ -64,7 +65,7 @@ def add_model_args(p: argparse.ArgumentParser, normalize: bool = False) -> None:
     if normalize:
         p.add_argument("--normalize", default=None,
                        help="the model's input normalization: cifar | imagenet | none | half | 'MEAN,..:STD,..' "
-                            "(default: the checkpoint's, else cifar)")
+                            "(default: the checkpoint's, a timm model's own, else cifar)")
 
 
 def add_optimizer_args(p: argparse.ArgumentParser) -> None:
@@ -121,7 +122,7 @@ def resolve_model(args, default_mode: str = "color"):
     from ..io import is_checkpoint, load_checkpoint
     from ..models import create_model, load_weights
 
-    from ..models.registry import create_user_model, is_import_path
+    from ..models.registry import create_user_model, default_normalization, is_import_path
 
     meta: dict = {}
     user = bool(args.model) and is_import_path(args.model)
@@ -144,7 +145,8 @@ def resolve_model(args, default_mode: str = "color"):
         if args.weights:
             load_weights(model, args.weights)
     mode = getattr(args, "mode", None) or meta.get("mode", default_mode)
-    normalize = getattr(args, "normalize", None) or meta.get("normalization") or "cifar"
+    normalize = (getattr(args, "normalize", None) or meta.get("normalization") or default_normalization(model)
+                 or "cifar")
     return model, mode, normalize, meta
 
 

@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--teacher-mode", default=None, choices=["color", "gray", "gray3"],
                    help="the teacher's input (default: its checkpoint's, else color)")
     p.add_argument("--teacher-normalize", default=None,
-                   help="the teacher's normalization (default: its checkpoint's, else cifar)")
+                   help="the teacher's normalization (default: its checkpoint's, a timm model's own, else cifar)")
     p.add_argument("--student", required=True, help="registry name (a fresh student) or our checkpoint (to go on from)")
     p.add_argument("--student-kw", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="constructor arguments for a student given by name, e.g. hidden=32")
@@ -53,6 +53,7 @@ def load_teacher(args: argparse.Namespace):
     from ..data import mode_channels
     from ..io import is_checkpoint, load_checkpoint
     from ..models import create_model, load_weights
+    from ..models.registry import default_normalization
 
     meta: dict = {}
     if is_checkpoint(args.teacher):
@@ -69,7 +70,7 @@ def load_teacher(args: argparse.Namespace):
         else:
             print(f"warning: teacher {args.teacher!r} has random weights (no --teacher-weights)")
     mode = args.teacher_mode or meta.get("mode", "color")
-    normalize = args.teacher_normalize or meta.get("normalization") or "cifar"
+    normalize = args.teacher_normalize or meta.get("normalization") or default_normalization(teacher) or "cifar"
     return teacher, mode, normalize, meta
 
 

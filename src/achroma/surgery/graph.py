@@ -9,15 +9,17 @@ Some structures let a merge through only under conditions on the clustering, des
 `ChannelConstraints` (see `channel_constraints`): a grouped conv (ResNeXt, RegNet) mixes channels
 only within a group, so a cluster must stay within one group of every grouped conv it reaches,
 and every group must lose the same number of channels (the conv needs equal groups); a
-chunk/split (channel split) cuts the channels into parts of a size fixed by the code, so a
-cluster must stay within one part and equal parts must lose equally. ShuffleNet v2's channel
+chunk (channel split) cuts the channels into equal parts, so a cluster must stay within one part
+and the parts must lose equally; a split whose sizes the code fixes (`x.split(n)`, `x.split([a, b])`)
+lets no part lose any channel. ShuffleNet v2's channel
 shuffle is made an explicit channel routing first (`convert_shuffles`, see layers.py).
 """
 from __future__ import annotations
 
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -64,16 +66,65 @@ def build_graph(model: nn.Module, example_input: Any, pruners: dict | None = Non
     flags = {m: m.training for m in model.modules()}
     pruners = customized_pruners() if pruners is None else pruners
     try:
-        with torch.enable_grad(), dense_shortcuts():
+        with torch.enable_grad(), dense_shortcuts(), _unsized_concats_left_unmapped(), _ChunkCalls() as chunks:
             dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_input, customized_pruners=pruners, verbose=False)
     finally:
         for m, flag in flags.items():
             m.training = flag
-    _fix_split_mappings(dg)
+    _fix_split_mappings(dg, chunks.grad_fns)
     _fix_concat_sizes(dg)
     dg.achroma_mapped = True  # index mappings final until something is pruned: `_walk_group` need not redo them
     return dg
+
+
+class _ChunkCalls(torch.overrides.TorchFunctionMode):
+    """Records the autograd nodes of the splits made by `chunk` during a trace.
+
+    `x.chunk(k)` and `x.split(n)` leave the same autograd node (SplitBackward0 with a split size), but
+    only a chunk follows a merge: its parts are a fraction of whatever channels arrive, while `split(n)`
+    cuts at the constant n of the model's code (timm's CSPNet: a merged 510-channel stream split(256)
+    gives parts of 256 and 254 where the next convs now read 255 each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.grad_fns: list = []  # the nodes themselves (kept alive: identity is compared, not ids)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", "") == "chunk" and isinstance(out, (tuple, list)):
+            self.grad_fns.extend(t.grad_fn for t in out if isinstance(t, torch.Tensor) and t.grad_fn is not None)
+        return out
+
+
+@contextmanager
+def _unsized_concats_left_unmapped() -> Iterator[None]:
+    """While the graph is built, a concat with an input of unknown size is left unmapped (`_fix_concat_sizes`
+    maps it once the splits are sized).
+
+    Torch-Pruning 1.6 sizes a split made by `x.split(n)` from its readers while building; when a part has
+    two readers (timm's CSPNet: the first half feeds both a block's conv and its residual add, then the
+    concat) a part comes out as 0 channels, the add's size as None, and `update_concat_index_mapping`
+    adds None to an int (TypeError) before its own `if ch is None: return`. That return is what is done here.
+    """
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_concat_index_mapping
+
+    def tolerant(graph, cat_node):
+        try:
+            return original(graph, cat_node)
+        except TypeError:
+            sizes = getattr(cat_node.module, "concat_sizes", None)
+            if sizes is None or all(v is not None for v in sizes):
+                raise
+            cat_node.module.concat_sizes = None  # sized again, from the fixed splits, by _fix_concat_sizes
+
+    index_mapping.update_concat_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        index_mapping.update_concat_index_mapping = original
 
 
 def _fix_concat_sizes(dg: tp.DependencyGraph) -> None:
@@ -100,12 +151,14 @@ def _fix_concat_sizes(dg: tp.DependencyGraph) -> None:
             else:
                 sizes.append(shape_infer.infer_out_channels_recursively(dg, n, [0]))
         if any(v is None for v in sizes):
+            if getattr(node.module, "concat_sizes", None) is None:  # unmapped: a merge through it would be wrong
+                node.module.achroma_unmappable = f"the sizes of the inputs of the concat {node.name} are unknown"
             continue
         node.module.concat_sizes = sizes
         index_mapping.update_concat_index_mapping(dg, node)
 
 
-def _fix_split_mappings(dg: tp.DependencyGraph) -> None:
+def _fix_split_mappings(dg: tp.DependencyGraph, chunk_grad_fns: Sequence = ()) -> None:
     """Map each part of a channel split (chunk/split) to the op that really reads it.
 
     Torch-Pruning 1.6 (index_mapping.update_split_index_mapping) gives the i-th *output node* of a
@@ -115,6 +168,8 @@ def _fix_split_mappings(dg: tp.DependencyGraph) -> None:
     has two readers. Here the part an output node reads is taken from its autograd edge to the
     split (next_functions holds (SplitBackward, part number)), the sizes from the saved split
     sizes, and Torch-Pruning is told not to overwrite the mapping (enable_index_mapping = False).
+    A split of one size that no `chunk` made (`chunk_grad_fns`, see `_ChunkCalls`) is `x.split(n)`:
+    its sizes are constants of the code (fixed), like those of `x.split([a, b])`.
     """
     from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 
@@ -130,7 +185,8 @@ def _fix_split_mappings(dg: tp.DependencyGraph) -> None:
             sizes, fixed = [int(v) for v in fn._saved_split_sizes], True
         else:
             size = int(fn._saved_split_size)
-            sizes, fixed = [min(size, total - start) for start in range(0, total, size)], False
+            sizes = [min(size, total - start) for start in range(0, total, size)]
+            fixed = not any(fn is f for f in chunk_grad_fns)
         offsets = [0]
         for v in sizes:
             offsets.append(offsets[-1] + v)
@@ -202,7 +258,7 @@ def _role(dg: tp.DependencyGraph, module: nn.Module, handler, path: str) -> Role
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return "producer"
     if getattr(module, "achroma_unmappable", None):
-        raise ValueError(f"a channel split in the group cannot be mapped: {module.achroma_unmappable}")
+        raise ValueError(f"a channel split or concat in the group cannot be mapped: {module.achroma_unmappable}")
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
         raise ValueError(f"layer {path!r} ({type(module).__name__}) normalizes over the channels of the group: "
                          "its statistics change when channels merge, so no merge is exact")
@@ -312,8 +368,16 @@ def channel_uses(dg: tp.DependencyGraph, model: nn.Module, conv: nn.Module) -> l
             slots = use.index.setdefault(root, [])
             if local not in slots:
                 slots.append(local)
+    modules = dict(model.named_modules())
     for use in uses.values():
         use.index = {root: sorted(slots) for root, slots in sorted(use.index.items())}
+        tied = next((slots for slots in use.index.values() if len(slots) > 1), None)
+        if (use.role == "producer" and tied is not None
+                and isinstance(modules.get(use.path), nn.modules.batchnorm._BatchNorm)):
+            raise ValueError(f"cannot merge the channels of layer {path_of(conv)!r}: BatchNorm {use.path!r} holds "
+                             f"entries {tied} for one channel of the group: channels are tied to each other (e.g. a "
+                             "depthwise conv's output concatenated back into the same stream, GhostNet's ghost "
+                             "module), so no channel can be merged on its own")
     return list(uses.values())
 
 

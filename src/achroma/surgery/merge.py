@@ -244,8 +244,11 @@ def merge_traced(graph, layer_path: str, clustering: Clustering | Sequence[int] 
     uses = graph.uses(layer_path)
     graph.constraints(layer_path).check(groups)  # grouped convs, channel splits
     modules = dict(work.named_modules())
-    for use in uses:  # errors (a cluster cut by a split) before anything changes
-        _visible(use, groups)
+    try:
+        for use in uses:  # errors (a cluster cut by a split) before anything changes
+            _visible(use, groups)
+    except ValueError as err:
+        raise ValueError(f"cannot merge the channels of layer {layer_path!r}: {err}") from None
     if fold:
         scales, reads = channel_scales(dg, uses, modules)
         for use in uses:
