@@ -112,6 +112,9 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=5000, help="calibration images (search; stratified from train)")
     ap.add_argument("--train-limit", type=int, default=None, help="repair images per class (default all)")
     ap.add_argument("--test-limit", type=int, default=None, help="test images per class (default all)")
+    ap.add_argument("--layernorm", default="refuse", choices=["refuse", "merge"],
+                    help="LayerNorm-normalized groups (ConvNeXt): left whole, or merged approximately (its rows "
+                         "are labelled 'ALLOCATION, LayerNorm merged')")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
@@ -145,7 +148,7 @@ def main() -> None:
     for model_kind, alloc, target in cells:
         if model_kind == "merged":
             t = time.perf_counter()
-            comp = Compressor(CompressConfig(seed=args.seed, progress=False),
+            comp = Compressor(CompressConfig(seed=args.seed, progress=False, layernorm=args.layernorm),
                               Budget(macs=target, params=target, allocation=alloc)).fit(color, norm, calib)
             merged[(alloc, target)] = comp
             say(f"{alloc} at {target:.0%}: fit {time.perf_counter() - t:.0f} s ({comp.timings_.get('plan', 0):.0f} s "
@@ -158,8 +161,9 @@ def main() -> None:
             merges, timings = None, {"fold": time.perf_counter() - t}
         base = {"macs": count_macs(reference, (1, 32, 32)), "params": _params(reference)}
         recipes = (["none"] if args.unrepaired else []) + list(args.recipes)
+        label = alloc if model_kind == "folded" or args.layernorm == "refuse" else f"{alloc}, LayerNorm merged"
         for recipe in recipes:
-            key = (model_kind, alloc, target, recipe)
+            key = (model_kind, label, target, recipe)
             if key in done or (model_kind == "folded" and RECIPES.get(recipe, ("",))[0].startswith("ls-refit")):
                 continue  # done, or the same as a recipe without the refit (see `matched`)
             kind, changes = RECIPES.get(recipe, ("none", {}))
@@ -174,13 +178,13 @@ def main() -> None:
                 repaired, outcome_d = outcome.model, outcome.to_dict()
             seconds = time.perf_counter() - t
             acc = float(evaluate(repaired.eval(), test, mode="gray", normalize="none", progress=False)["accuracy"])
-            row = {"model": model_kind, "allocation": alloc, "target": target, "recipe": recipe, "accuracy": acc,
+            row = {"model": model_kind, "allocation": label, "target": target, "recipe": recipe, "accuracy": acc,
                    "macs_share": count_macs(repaired, (1, 32, 32)) / base["macs"],
                    "params_share": _params(repaired) / base["params"], "repair_seconds": seconds,
                    "fit_seconds": timings, "guard": outcome_d}
             _append(out, row)
             done = _done(out)  # with what other processes (other --models or targets) wrote meanwhile
-            say(f"{model_kind} {alloc} {target:.0%} {recipe}: {acc:.2%} ({seconds:.0f} s)")
+            say(f"{model_kind} {label} {target:.0%} {recipe}: {acc:.2%} ({seconds:.0f} s)")
             atomic_write_bytes(out / "table.md", table(done).encode())
     print(table(done))
 

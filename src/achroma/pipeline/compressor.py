@@ -25,6 +25,8 @@ from ..clustering import Clustering
 from ..data import get_normalization
 from ..fold import FoldReport, fold_to_gray
 from ..costs import count_macs
+from ..models.timm_models import fold_layer_scales
+from ..surgery.graph import layernorm_merges
 from ..surgery.groups import ChannelGraph, unequal_groups
 from ..training import count_parameters
 from .budget import Budget, BudgetPlan
@@ -40,7 +42,8 @@ class Compressor:
     `plan_` (BudgetPlan, with a budget), `groups_` (the folded model's channel groups the plan
     shares the budget among, with a budget), `layers_` (one LayerPlan each), `results_` (LayerResult
     each), `converted_` (grouped 1x1 convs made unequal so that their groups can shrink),
-    `timings_` (seconds per stage).
+    `timings_` (seconds per stage), `layer_scales_` (blocks whose layer scale was folded into the layer
+    before it: `layernorm='merge'` only).
     """
 
     def __init__(self, config: CompressConfig | None = None, budget: Budget | None = None) -> None:
@@ -91,6 +94,15 @@ class Compressor:
                 f"on gray {self.fold_.max_abs_logit_diff:.2e})")
         example = torch.zeros(1, 1, size, size, device=device, dtype=next(gray.parameters()).dtype)
         self.plan_: BudgetPlan | None = None
+        self.layer_scales_ = fold_layer_scales(gray) if config.layernorm == "merge" else []
+        with layernorm_merges(config.layernorm):  # the planner and the merge see the same groups
+            self._merge(gray, color, norm, size, example, calibration, plans, log)
+        self.timings_["fit"] = time.perf_counter() - start
+        return self
+
+    def _merge(self, gray: nn.Module, color: nn.Module, norm: Any, size: int, example: torch.Tensor,
+               calibration: Any, plans: list[LayerPlan] | None, log: Log | None) -> None:
+        config, device = self.config, example.device
         graph = ChannelGraph(gray, example)
         gray, self.converted_ = unequal_groups(gray, example, graph)  # exact; only where equal groups block a group
         if self.converted_:
@@ -104,8 +116,6 @@ class Compressor:
         self.layers_: list[LayerPlan] = plans
         self.model_, self.results_ = merge_network(gray, plans, config, context, self.timings_, log=log)
         self.size_ = size
-        self.timings_["fit"] = time.perf_counter() - start
-        return self
 
     def _plan(self, gray: nn.Module, graph: ChannelGraph, size: int, calibration: Any,
               log: Log | None) -> list[LayerPlan]:

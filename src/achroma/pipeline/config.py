@@ -47,6 +47,10 @@ class CompressConfig:
     others removed: pruning whose kept filters the clustering chooses; 'random' then prunes at random).
     guard: the share of the repair images held out (stratified, at most `GUARD_MAX` images) to score every
     stage of a repair sequence that trains; the best stage is kept and the report says which (0: off).
+    layernorm: what a channel group normalized by a LayerNorm over its channels (ConvNeXt) gets: 'refuse'
+    (the group stays whole: no merge of it is exact) or 'merge' (approximate: the norm's affine entries are
+    averaged like BatchNorm's and its statistics are taken over the channels that remain; layer scales
+    are folded into the layer before them first). Measured in docs/RESULTS.md (issue 24).
     """
 
     layers: str | Sequence[str] = "first:1"
@@ -69,8 +73,11 @@ class CompressConfig:
     device: str = "cpu"
     progress: bool = True
     guard: float = 0.1
+    layernorm: str = "refuse"
 
     def __post_init__(self) -> None:
+        if self.layernorm not in ("refuse", "merge"):
+            raise ValueError(f"layernorm must be 'refuse' or 'merge'; got {self.layernorm!r}")
         if not 0 <= self.guard < 0.5:
             raise ValueError(f"guard must be a share of the repair images in [0, 0.5); got {self.guard}")
         if self.fields_from not in ("current", "color"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Sequence
 
@@ -232,6 +233,23 @@ def resolve_conv(model: nn.Module, path: str) -> nn.Conv2d:
     return conv
 
 
+_LAYERNORM: ContextVar[str] = ContextVar("achroma_layernorm", default="refuse")
+
+
+@contextmanager
+def layernorm_merges(mode: str = "merge") -> Iterator[None]:
+    """Within: a LayerNorm over a group's channels is 'refuse'd (a ValueError naming it, the default) or
+    'merge'd as a producer: its affine entries are averaged like BatchNorm's, and its statistics are then
+    taken over the channels that remain, which no merge keeps exact (`CompressConfig.layernorm`)."""
+    if mode not in ("refuse", "merge"):
+        raise ValueError(f"layernorm must be 'refuse' or 'merge'; got {mode!r}")
+    token = _LAYERNORM.set(mode)
+    try:
+        yield
+    finally:
+        _LAYERNORM.reset(token)
+
+
 def prepare_for_surgery(model: nn.Module) -> nn.Module:
     """In place: option-A shortcuts become channel maps, ShuffleNet shuffles explicit routings (both exact)."""
     return convert_shuffles(convert_shortcuts(model))
@@ -259,9 +277,13 @@ def _role(dg: tp.DependencyGraph, module: nn.Module, handler, path: str) -> Role
         return "producer"
     if getattr(module, "achroma_unmappable", None):
         raise ValueError(f"a channel split or concat in the group cannot be mapped: {module.achroma_unmappable}")
+    if isinstance(module, nn.LayerNorm) and _LAYERNORM.get() == "merge" and module.weight is not None \
+            and len(module.normalized_shape) == 1:
+        return "producer"  # approximate (layernorm_merges): its affine is averaged, its statistics change
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
         raise ValueError(f"layer {path!r} ({type(module).__name__}) normalizes over the channels of the group: "
-                         "its statistics change when channels merge, so no merge is exact")
+                         "its statistics change when channels merge, so no merge is exact (an approximate "
+                         "merge: CompressConfig(layernorm='merge'), measured in docs/RESULTS.md)")
     if isinstance(module, nn.modules.conv._ConvNd):
         if module.transposed:
             raise ValueError(f"transposed conv {path!r} in the channel group is not supported")

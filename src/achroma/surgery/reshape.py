@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ..fold.border import BorderCorrectedConv2d
 from ..models.resnet_cifar import PadShortcut
+from ..models.timm_models import drop_folded_layer_scales
 from .layers import ChannelMapShortcut, ChannelShuffle, ShuffleBlock, ShuffleNetBlock
 
 
@@ -57,6 +58,20 @@ def _linear_like(old: nn.Linear, state: Mapping[str, torch.Tensor], prefix: str)
                      device=old.weight.device, dtype=old.weight.dtype)
 
 
+@torch.no_grad()
+def _resize_layernorm(norm: nn.LayerNorm, state: Mapping[str, torch.Tensor], prefix: str) -> None:
+    """In place (keeps the class: timm's LayerNorm2d normalizes channels first): a LayerNorm over a channel
+    group merged with `layernorm='merge'` normalizes fewer channels."""
+    weight = state.get(prefix + "weight")
+    if weight is None or norm.weight is None or len(norm.normalized_shape) != 1 or weight.shape == norm.weight.shape:
+        return
+    n = int(weight.shape[0])
+    norm.normalized_shape = (n,)
+    norm.weight = nn.Parameter(norm.weight.new_empty(n))
+    if norm.bias is not None:
+        norm.bias = nn.Parameter(norm.bias.new_empty(n))
+
+
 def _shortcut_like(old: nn.Module, state: Mapping[str, torch.Tensor], prefix: str) -> ChannelMapShortcut | None:
     matrix = state.get(prefix + "matrix")
     if matrix is None or (isinstance(old, ChannelMapShortcut) and old.matrix.shape == matrix.shape):
@@ -86,9 +101,12 @@ def resize_to_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) ->
                 new = _batchnorm_like(child, state, prefix)
             elif isinstance(child, nn.Linear):
                 new = _linear_like(child, state, prefix)
+            elif isinstance(child, nn.LayerNorm):
+                _resize_layernorm(child, state, prefix)
             elif isinstance(child, (PadShortcut, ChannelMapShortcut)) and not isinstance(child, ChannelShuffle):
                 new = _shortcut_like(child, state, prefix)
             if new is not None:
                 new.train(child.training)
                 setattr(parent, name, new)
+    drop_folded_layer_scales(model, state)
     return model
