@@ -152,6 +152,19 @@ def test_mse_matches_scipy() -> None:
     np.testing.assert_allclose(pairwise_distances(fields, "mse"), cdist(flat, flat, "sqeuclidean") / flat.shape[1], rtol=1e-9, atol=1e-15)
 
 
+def test_spectrum_is_mse_of_magnitude_spectra_and_phase_invariant() -> None:
+    fields = np.random.default_rng(12).standard_normal((5, 2, 8, 8))
+    fields[3] = np.roll(fields[1], shift=(3, -2), axis=(-2, -1))  # the same texture, shifted circularly
+    d = pairwise_distances(fields, "spectrum")
+    # the reference: scipy's squared Euclidean distance between |FFT| (full 2-D FFT, orthonormal; the
+    # real FFT keeps half of the symmetric spectrum, so compare on the same half)
+    mags = np.abs(np.fft.fft2(fields, norm="ortho"))[..., : 8 // 2 + 1].reshape(5, -1)
+    np.testing.assert_allclose(d, cdist(mags, mags, "sqeuclidean") / mags.shape[1], rtol=1e-9, atol=1e-12)
+    assert d[1, 3] < 1e-12  # a shift changes only the phase
+    assert pairwise_distances(fields, "mse")[1, 3] > 0.5  # which pixel MSE does not ignore
+    assert d[0, 1] > 0.01
+
+
 def test_cosine_matches_sklearn_and_scipy() -> None:
     fields = np.random.default_rng(10).standard_normal((6, 8, 8))
     fields[2] = 0.0  # sklearn's convention for an all-zero vector

@@ -14,6 +14,7 @@ import numpy as np
 
 from .elementwise import brightness_distances, cosine_distances, mse_distances
 from .imed import apply_imed_metric, gaussian_kernel_matrix, imed_distances
+from .spectrum import spectrum_distances
 from .ssim import ssim_distances
 
 METRICS: dict[str, Callable[..., np.ndarray]] = {
@@ -22,6 +23,7 @@ METRICS: dict[str, Callable[..., np.ndarray]] = {
     "cosine": cosine_distances,
     "brightness": brightness_distances,
     "imed": imed_distances,
+    "spectrum": spectrum_distances,
 }
 
 
@@ -42,6 +44,7 @@ __all__ = [
     "cosine_distances",
     "brightness_distances",
     "imed_distances",
+    "spectrum_distances",
     "apply_imed_metric",
     "gaussian_kernel_matrix",
 ]
