@@ -42,3 +42,37 @@ def test_compress_on_two_processes_merges_the_same_model_and_repairs_alike(tmp_p
     assert rows_one.keys() == rows_two.keys()
     for label in [k for k in rows_one if k.startswith("merged")]:  # 100 test images: 0.5 point is every image
         assert abs(rows_one[label] - rows_two[label]) <= 0.005, (label, rows_one[label], rows_two[label])
+
+
+def _transfer_data(tmp_path):
+    """A 2-class synthetic stand-in for PneumoniaMNIST (train 64, val 16, test 32)."""
+    import numpy as np
+    from synthetic import brightness_classes
+
+    arrays = {}
+    for split, n, seed in (("train", 64, 0), ("val", 16, 1), ("test", 32, 2)):
+        d = brightness_classes(n, seed, split=split)
+        arrays[f"{split}_images"] = d.images[:, 0].numpy()
+        arrays[f"{split}_labels"] = d.labels.numpy().astype(np.uint8)[:, None]
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+
+
+def test_transfer_on_two_processes_writes_once_and_scores_alike(tmp_path):
+    _transfer_data(tmp_path)
+    a = assets_dir()
+    args = ["transfer", "--weights", str(a / DEMO_MODEL), "--dataset", "pneumoniamnist", "--data-dir", str(tmp_path),
+            "--pad", "--target-macs", "0.5", "--epochs", "2", "--batch-size", "16", "--latency-runs", "0",
+            "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "achroma", *args, "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun(["-m", "achroma", *args, "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
+    assert two.stderr.count("test accuracy") == 1  # and logs
+    reports = {d: json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two")}
+    assert reports["one"]["costs"]["macs"] == reports["two"]["costs"]["macs"]  # the same merged start
+    acc = {d: r["metrics"]["accuracy"] for d, r in reports.items()}
+    assert abs(acc["one"] - acc["two"]) <= 2 / 32, acc  # the same epochs, one global batch sharded in two
+    assert load_file(tmp_path / "two" / "model.safetensors").keys() == load_file(tmp_path / "one" / "model.safetensors").keys()

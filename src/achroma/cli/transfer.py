@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from .common import add_model_args, add_run_args, check_out_dir, resolve_model
 
@@ -64,7 +65,9 @@ def run(args) -> int:
     import torch
 
     from ..data import InputGeometry
-    from ..transfer import TransferConfig, render_markdown, transfer, write_outputs
+    from ..training.distributed import setup_distributed
+    from ..transfer import TransferConfig, transfer
+    from .common import device
 
     check_out_dir(args.out, [args.weights], args.force)
     if args.threads:
@@ -82,12 +85,33 @@ def run(args) -> int:
                             select_by=args.select_by,
                             class_weights=args.class_weights, seed=args.seed, device=args.device,
                             latency_runs=args.latency_runs)
+    # Under torchrun (WORLD_SIZE > 1): every process builds the same start (the fold and merge are
+    # deterministic), the fine-tuning is data-parallel (`train` shards each epoch), rank 0 alone writes.
+    info = setup_distributed(device(args.device))
+    if info.world_size > 1 and device(args.device).type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+        config = replace(config, device=f"cuda:{info.local_rank}")
     model, _, normalize, meta = resolve_model(args)
     train, val, test = load_splits(args)
-    if val is None and args.patience:
+    if val is None and args.patience and info.is_main:
         print(f"achroma: {args.dataset} has no validation split: --patience ignored", file=sys.stderr)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if info.is_main else None  # noqa: E731
     result = transfer(model, normalize, train, test, config, val_set=val, log=log)
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        if info.is_main:
+            _write(args, result, test, config, meta)
+        dist.barrier()  # the others wait for the outputs before leaving
+        dist.destroy_process_group()
+        return 0
+    _write(args, result, test, config, meta)
+    return 0
+
+
+def _write(args, result, test, config, meta) -> None:
+    from ..transfer import render_markdown, write_outputs
+
     name = test.extra.get("display_name", args.dataset)
     source = args.model or meta.get("arch", {}).get("name", "model")
     title = f"{source} to {name}: {config.label}"
@@ -96,4 +120,3 @@ def run(args) -> int:
     write_outputs(args.out, result, extra, title)
     print(render_markdown(result, title))
     print(f"wrote {args.out}: model.safetensors (+ .json), report.md, report.json, confusion.png")
-    return 0

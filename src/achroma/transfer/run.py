@@ -25,6 +25,7 @@ from ..report.metrics import classification_metrics, predict_proba
 from ..surgery import replace_classifier
 from ..training import (TrainConfig, balanced_class_weights, classification_loss, count_parameters, train,
                         weighted_classification_loss)
+from ..training.distributed import current
 from .config import TransferConfig
 
 Log = Callable[[str], None]
@@ -127,7 +128,10 @@ def finetune(model: nn.Module, train_set: ImageDataset, val_set: ImageDataset | 
     loss_fn = classification_loss
     if config.class_weights == "balanced":
         loss_fn = weighted_classification_loss(balanced_class_weights(train_set.labels, train_set.num_classes))
-    cfg = TrainConfig(epochs=config.epochs, batch_size=min(config.batch_size, len(train_set)), lr=config.lr,
+    # under torchrun each process takes its share of every batch: the global batch (and so the steps and the
+    # images each step sees) stays the one a single process uses
+    batch = max(1, min(config.batch_size, len(train_set)) // current().world_size)
+    cfg = TrainConfig(epochs=config.epochs, batch_size=batch, lr=config.lr,
                       optimizer=config.optimizer, weight_decay=config.weight_decay, mode=mode, normalize=norm,
                       augment=config.augment, flip=config.flip, seed=config.seed, device=config.device,
                       patience=config.patience if val_set is not None else None, select_by=config.select_by)
