@@ -84,3 +84,17 @@ def test_merged_layernorm_model_reloads(convnext, tmp_path):
     loaded, _ = load_checkpoint(path)
     x = torch.rand(4, 1, 32, 32)
     assert torch.allclose(loaded.eval()(x), comp.model_.eval()(x), atol=1e-6)
+
+
+def test_timm_keyword_arguments_reach_the_model_and_its_record():
+    from types import SimpleNamespace
+
+    from achroma.cli.common import resolve_model
+
+    args = SimpleNamespace(model="timm:convnext_atto", model_args='{"ls_init_value": 1.0}', weights=None,
+                           in_chans=None, num_classes=10, mode=None, normalize=None)
+    model, mode, _, _ = resolve_model(args)
+    assert mode == "color" and torch.all(model.stages[0].blocks[0].gamma == 1.0)
+    assert model.achroma_arch["ls_init_value"] == 1.0  # a checkpoint rebuilds it with the same arguments
+    with pytest.raises(ValueError, match="--model-args goes with"):
+        resolve_model(SimpleNamespace(**{**vars(args), "model": "resnet-cifar-20"}))

@@ -56,7 +56,7 @@ def add_model_args(p: argparse.ArgumentParser, normalize: bool = False) -> None:
                    "tv:resnet18, timm:resnet18 with achroma[timm], ...), or your own class or factory as "
                    "package.module:Name (found on sys.path: PYTHONPATH=.); optional with one of our checkpoints "
                    "of a registry model")
-    p.add_argument("--model-args", default=None, help="keyword arguments of a package.module:Name model, as JSON "
+    p.add_argument("--model-args", default=None, help="keyword arguments of a package.module:Name or timm:NAME model, as JSON "
                    "(e.g. '{\"num_classes\": 10}')")
     p.add_argument("--weights", default=None,
                    help="our checkpoint (.safetensors with its .json) or a foreign .th/.pt/.pth state dict")
@@ -126,7 +126,7 @@ def resolve_model(args, default_mode: str = "color"):
 
     meta: dict = {}
     user = bool(args.model) and is_import_path(args.model)
-    kwargs = _model_args(getattr(args, "model_args", None), user)
+    kwargs = _model_args(getattr(args, "model_args", None), user or (args.model or "").startswith("timm:"))
     if args.weights and is_checkpoint(args.weights):
         if user and not kwargs:  # the class's arguments as the checkpoint recorded them
             from ..io import read_checkpoint_meta
@@ -141,7 +141,7 @@ def resolve_model(args, default_mode: str = "color"):
         else:
             mode = getattr(args, "mode", None) or default_mode
             in_chans = args.in_chans or mode_channels(mode)
-            model = create_model(args.model, in_chans=in_chans, num_classes=args.num_classes or 10)
+            model = create_model(args.model, in_chans=in_chans, num_classes=args.num_classes or 10, **kwargs)
         if args.weights:
             load_weights(model, args.weights)
     mode = getattr(args, "mode", None) or meta.get("mode", default_mode)
@@ -150,13 +150,14 @@ def resolve_model(args, default_mode: str = "color"):
     return model, mode, normalize, meta
 
 
-def _model_args(text: str | None, user: bool) -> dict:
-    """--model-args as keyword arguments (JSON object); only a package.module:Name model takes them."""
+def _model_args(text: str | None, takes: bool) -> dict:
+    """--model-args as keyword arguments (JSON object); only a package.module:Name or timm:NAME model takes them
+    (timm's keyword arguments, e.g. '{"ls_init_value": 1.0}'; the checkpoint records them)."""
     if not text:
         return {}
-    if not user:
-        raise ValueError("--model-args goes with --model package.module:Name (registry models take --in-chans, "
-                         "--num-classes)")
+    if not takes:
+        raise ValueError("--model-args goes with --model package.module:Name or timm:NAME (registry models take "
+                         "--in-chans, --num-classes)")
     import json
 
     try:
