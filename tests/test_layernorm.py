@@ -98,3 +98,26 @@ def test_timm_keyword_arguments_reach_the_model_and_its_record():
     assert model.achroma_arch["ls_init_value"] == 1.0  # a checkpoint rebuilds it with the same arguments
     with pytest.raises(ValueError, match="--model-args goes with"):
         resolve_model(SimpleNamespace(**{**vars(args), "model": "resnet-cifar-20"}))
+
+
+def test_trained_repairs_and_the_search_run_on_a_model_without_batchnorm(convnext):
+    """distill re-estimates BN statistics after its epoch and the search after each move: a LayerNorm
+    network has none, and neither may fail on it (the bn-stats repair itself still refuses it)."""
+    from achroma.data import ImageDataset
+    from achroma.pipeline import RepairConfig
+    from achroma.pipeline.repairs import repair_job
+    from achroma.repair import get_repair
+
+    g = torch.Generator().manual_seed(0)
+    images = ImageDataset(torch.randint(0, 256, (40, 3, 32, 32), generator=g, dtype=torch.uint8),
+                          torch.arange(40) % 10, [str(i) for i in range(10)], name="tiny")
+    comp = Compressor(CompressConfig(seed=0, progress=False), Budget(macs=0.5, params=0.5, allocation="search"))
+    comp.fit(convnext, "imagenet", images, size=32)
+    assert comp.plan_.search is not None
+    job = repair_job(images, RepairConfig(batch_size=20), seed=0, teacher=convnext, teacher_normalize="imagenet",
+                     reference=comp.folded_)
+    before = {k: v.clone() for k, v in comp.model_.state_dict().items()}
+    out = get_repair("distill")(copy.deepcopy(comp.model_), job)
+    assert any(not torch.equal(before[k], v) for k, v in out.state_dict().items())  # it trained
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        get_repair("bn-stats")(copy.deepcopy(comp.model_), job)

@@ -75,7 +75,8 @@ class JointDamage:
                 slots = torch.tensor([s for c in drop for s in index.get(c, [])], dtype=torch.long)
                 for t in _tensors(modules[path]):
                     t.index_fill_(0, slots.to(t.device), 0.0)
-        bn_recalibrate(model, [(self.stats, None)])
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules.values()):  # LayerNorm nets: none
+            bn_recalibrate(model, [(self.stats, None)])
         logp = F.log_softmax(model.eval()(self.scored).float(), dim=1)
         self.evaluations += 1
         return float(F.kl_div(logp, self.reference, log_target=True, reduction="batchmean"))

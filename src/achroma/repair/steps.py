@@ -35,9 +35,15 @@ def _per_process(batch_size: int) -> int:
     return max(1, batch_size // current().world_size)
 
 
-def _stats(model: nn.Module, job: RepairJob, augment: bool | None = None) -> nn.Module:
-    """BN running statistics re-estimated on images drawn as the weights were last trained on."""
+def _stats(model: nn.Module, job: RepairJob, augment: bool | None = None, required: bool = True) -> nn.Module:
+    """BN running statistics re-estimated on images drawn as the weights were last trained on.
+
+    required=False (after training): a model without BatchNorm (ConvNeXt's LayerNorms keep no statistics)
+    is returned as it is; the bn-stats repair itself still refuses one."""
     from .bn import bn_recalibrate
+
+    if not required and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model.eval()
 
     augment = job.config.stats_augment if augment is None else augment
     # each process averages its share of the batches; bn_recalibrate then averages over the processes
@@ -128,7 +134,7 @@ class Distill(Repair):
                 T=c.kd_temperature, alpha=c.kd_alpha, progress=False)
         # the weights moved in train mode, so the running statistics lag behind them: re-estimate them
         # on images drawn as in this training (plain unless config.augment), not as in the original one
-        return _stats(model, job, augment=c.augment)
+        return _stats(model, job, augment=c.augment, required=False)
 
 
 class _Finetune(Repair):
