@@ -194,3 +194,17 @@ def check_out_dir(out: str | Path, inputs: list[str | Path | None], force: bool)
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ValueError(f"--out {out} exists and is not empty; pass --force to overwrite its files")
     return out
+
+
+def write_once(info, write) -> int:
+    """`write()` on rank 0 only under torchrun (the others wait for it, then leave the group); exit code 0."""
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        if info.is_main:
+            write()
+        dist.barrier()  # the others wait for the outputs before leaving
+        dist.destroy_process_group()
+        return 0
+    write()
+    return 0

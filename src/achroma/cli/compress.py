@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..pipeline.budget import ALLOCATIONS
 from ..selection import selection_help, selection_names
-from .common import (add_field_variant_args, add_model_args, add_run_args, check_out_dir, field_variants,
+from .common import (write_once, add_field_variant_args, add_model_args, add_run_args, check_out_dir, field_variants,
                      limit_calibration_and_test, resolve_model)
 
 
@@ -209,16 +209,7 @@ def run(args) -> int:
     train_set, test_set = limit_calibration_and_test(args, train_set, test_set)
     settings = config_from_args(args, paths, repairs)
     result = compress(model, normalize, train_set, test_set, settings, budget=budget, clusterings=given, log=log)
-    if info.world_size > 1:
-        import torch.distributed as dist
-
-        if info.is_main:
-            _report_and_write(args, result, test_set, meta, log)
-        dist.barrier()  # the others wait for the outputs before leaving
-        dist.destroy_process_group()
-        return 0
-    _report_and_write(args, result, test_set, meta, log)
-    return 0
+    return write_once(info, lambda: _report_and_write(args, result, test_set, meta, log))
 
 
 def _report_and_write(args, result, test_set, meta, log) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from .common import add_model_args, add_run_args, check_out_dir, resolve_model
+from .common import add_model_args, add_run_args, check_out_dir, resolve_model, write_once
 
 
 def register(sub) -> None:
@@ -97,16 +97,7 @@ def run(args) -> int:
         print(f"achroma: {args.dataset} has no validation split: --patience ignored", file=sys.stderr)
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if info.is_main else None  # noqa: E731
     result = transfer(model, normalize, train, test, config, val_set=val, log=log)
-    if info.world_size > 1:
-        import torch.distributed as dist
-
-        if info.is_main:
-            _write(args, result, test, config, meta)
-        dist.barrier()  # the others wait for the outputs before leaving
-        dist.destroy_process_group()
-        return 0
-    _write(args, result, test, config, meta)
-    return 0
+    return write_once(info, lambda: _write(args, result, test, config, meta))
 
 
 def _write(args, result, test, config, meta) -> None:
