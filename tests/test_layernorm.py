@@ -121,3 +121,23 @@ def test_trained_repairs_and_the_search_run_on_a_model_without_batchnorm(convnex
     assert any(not torch.equal(before[k], v) for k, v in out.state_dict().items())  # it trained
     with pytest.raises(ValueError, match="no BatchNorm"):
         get_repair("bn-stats")(copy.deepcopy(comp.model_), job)
+
+
+def test_compress_cli_layernorm_flag_merges_the_streams_and_the_default_keeps_them(tmp_path):
+    """`achroma compress --layernorm merge` reaches CompressConfig: the stem's LayerNorm narrows with its
+    conv, and the saved model reloads; without the flag the stem stays whole."""
+    from achroma.cli import main
+    from achroma.demo import DEMO_DATA, assets_dir
+
+    widths = {}
+    for mode in ("refuse", "merge"):
+        out = tmp_path / mode
+        assert main(["compress", "--model", "timm:convnext_atto", "--num-classes", "10", "--dataset",
+                     f"tar:{assets_dir() / DEMO_DATA}", "--target-macs", "0.5", "--layernorm", mode,
+                     "--repair", "none", "--no-latency", "--test-limit", "2", "--threads", "1", "--quiet",
+                     "--out", str(out)]) == 0
+        merged, meta = load_checkpoint(out / "model.safetensors")
+        widths[mode] = (merged.stem[0].out_channels, merged.stem[1].normalized_shape[0])
+        assert torch.isfinite(merged(torch.rand(2, 1, 32, 32))).all()
+    assert widths["refuse"] == (40, 40)
+    assert widths["merge"][0] == widths["merge"][1] < 40

@@ -208,3 +208,12 @@ def write_once(info, write) -> int:
         return 0
     write()
     return 0
+
+
+def add_layernorm_arg(p) -> None:
+    """--layernorm, one definition for compress and sweep (`CompressConfig.layernorm`)."""
+    p.add_argument("--layernorm", default="refuse", choices=["refuse", "merge"],
+                   help="channel groups normalized by a LayerNorm over their channels (ConvNeXt): left whole "
+                        "(refuse, the default: no merge of them is exact) or merged approximately (merge: the "
+                        "norm's affine averaged; 0.25 point behind the uncompressed model after the one-epoch "
+                        "recipe on one small ConvNeXt, docs/RESULTS.md)")

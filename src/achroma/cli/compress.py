@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ..pipeline.budget import ALLOCATIONS
 from ..selection import selection_help, selection_names
-from .common import (write_once, add_field_variant_args, add_model_args, add_run_args, check_out_dir, field_variants,
-                     limit_calibration_and_test, resolve_model)
+from .common import (add_field_variant_args, add_layernorm_arg, add_model_args, add_run_args, check_out_dir,
+                     field_variants, limit_calibration_and_test, resolve_model, write_once)
 
 
 def register(sub) -> None:
@@ -43,6 +43,7 @@ def register(sub) -> None:
                         "others removed (medoid: pruning chosen by the clustering)")
     p.add_argument("--between", default="none", choices=["none", "ls-refit", "bn-stats"],
                    help="repair after each layer's merge (group by group) instead of only at the end")
+    add_layernorm_arg(p)
     p.add_argument("--skip", default=None, help="with a target: groups to leave whole, named by a conv that writes "
                    "them (e.g. conv1 for a ResNet's first residual stream)")
     p.add_argument("--metric", default="mse", help="mse | ssim | cosine | brightness | imed; one, or one per layer "
@@ -88,6 +89,9 @@ def register(sub) -> None:
     p.add_argument("--distill-schedule", default=None, choices=["cosine", "onecycle"],
                    help="distill repair: the learning rate's schedule inside the epochs (default cosine; onecycle in "
                         "the recommended recipe)")
+    p.add_argument("--refit-ridge", default="1e-4", type=lambda v: v if v == "auto" else float(v),
+                   help="ls-refit's ridge, relative to the inputs' mean energy (default 1e-4), or auto: chosen "
+                        "per layer from 1e-6..1e-1 on a fifth of the calibration images held out")
     p.add_argument("--guard", type=float, default=0.1, help="share of the repair images held out (at most 1,000) to "
                    "score every stage of a trained repair; the best stage is kept (default 0.1; 0: off)")
     p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class (default all)")
@@ -146,13 +150,14 @@ def config_from_args(args, layers, repairs):
     repair = RepairConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.repair_batch_size,
                           stats_augment=not args.no_stats_augment, distill_lr=args.distill_lr,
                           distill_loss=args.distill_loss, distill_teacher=args.distill_teacher,
-                          distill_schedule=args.distill_schedule)
+                          distill_schedule=args.distill_schedule, refit_ridge=args.refit_ridge)
     return CompressConfig(layers=layers, metric=args.metric, cluster_method=args.cluster, eps=args.eps,
                           keep=args.keep, selection=args.selection, repair=repairs, repair_config=repair,
                           fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
                           fields_from=args.fields_from, between=args.between, merge=args.merge, imed_r=args.imed_r,
                           min_samples=args.min_samples, seed=args.seed, batch_size=args.batch_size,
-                          device=str(device(args.device)), progress=not args.quiet, guard=args.guard)
+                          device=str(device(args.device)), progress=not args.quiet, guard=args.guard,
+                          layernorm=args.layernorm)
 
 
 def _default_repair(args) -> None:

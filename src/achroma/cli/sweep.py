@@ -17,8 +17,8 @@ from pathlib import Path
 from ..pipeline.budget import ALLOCATIONS
 from ..pipeline.config import BUDGET_REPAIR_CONFIG
 from ..selection import selection_help
-from .common import (add_run_args, add_field_variant_args, add_model_args, check_out_dir, field_variants,
-                     limit_calibration_and_test, resolve_model)
+from .common import (add_field_variant_args, add_layernorm_arg, add_model_args, add_run_args, check_out_dir,
+                     field_variants, limit_calibration_and_test, resolve_model)
 
 
 def register(sub) -> None:
@@ -48,6 +48,7 @@ def register(sub) -> None:
     p.add_argument("--scratch-epochs", type=int, default=None,
                    help="also train each budget's compressed architecture from scratch for this many epochs")
     p.add_argument("--metric", default="mse", help="distance between fields (and kernels)")
+    add_layernorm_arg(p)
     p.add_argument("--cluster", default="kmeans", choices=["kmeans", "agglomerative", "bounded"],
                    help="clustering by count, so every method keeps the same channels per group (default kmeans)")
     p.add_argument("--steps", type=int, default=100, help="receptive-field ascent steps")
@@ -121,10 +122,10 @@ def run(args) -> int:
                            repair_config=RepairConfig(epochs=args.epochs, batch_size=args.repair_batch_size,
                                                       distill_schedule=args.distill_schedule),
                            fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
-                              fields_from=args.fields_from,
+                           fields_from=args.fields_from,
                            between=args.between, merge=args.merge, seed=args.seed, batch_size=args.batch_size,
                            device=str(device(args.device)),
-                           progress=not args.quiet)
+                           progress=not args.quiet, layernorm=args.layernorm)
     config = SweepConfig(targets=[float(t) for t in split_list(targets)], by=by, methods=split_list(args.methods),
                          repairs=split_list(args.repairs), skip=split_list(args.skip), allocation=args.allocation,
                          scratch_epochs=args.scratch_epochs, merge=merge)

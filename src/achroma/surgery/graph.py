@@ -283,7 +283,7 @@ def _role(dg: tp.DependencyGraph, module: nn.Module, handler, path: str) -> Role
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
         raise ValueError(f"layer {path!r} ({type(module).__name__}) normalizes over the channels of the group: "
                          "its statistics change when channels merge, so no merge is exact (an approximate "
-                         "merge: CompressConfig(layernorm='merge'), measured in docs/RESULTS.md)")
+                         "merge: --layernorm merge, CompressConfig(layernorm='merge'); measured in docs/RESULTS.md)")
     if isinstance(module, nn.modules.conv._ConvNd):
         if module.transposed:
             raise ValueError(f"transposed conv {path!r} in the channel group is not supported")

@@ -140,7 +140,7 @@ class SweepConfig:
         out = {"by": self.by, "skip": list(self.skip), "scratch_epochs": self.scratch_epochs, "merge": merge}
         if self.allocation != "uniform":  # (older sweep folders predate the choice)
             out["allocation"] = self.allocation
-        for key, default in (("between", "none"), ("merge", "average")):  # (older sweep folders predate them)
+        for key, default in (("between", "none"), ("merge", "average"), ("layernorm", "refuse")):  # (older sweep folders predate them)
             if merge.get(key) == default:
                 merge.pop(key)
         return out
