@@ -1,7 +1,7 @@
 """Issue 22's ablation: each lever of the one-epoch recipe alone and together, at matched budgets.
 
 A color model is folded to gray exactly, compressed to a share of both its MACs and its parameters
-(k-means on weights, `uniform` or `search` allocation), then given one repair recipe; the uncompressed
+(k-means on weights unless `--selection` says otherwise, `uniform` or `search` allocation), then given one repair recipe; the uncompressed
 gray model gets the very same recipe. Both are scored on the test split. Every cell is one line of
 `OUT/results.jsonl` (the run resumes: cells already there are skipped), and `OUT/table.md` is
 rewritten after each cell.
@@ -47,6 +47,9 @@ RECIPES = {
     "ls-refit+distill, one-cycle": ("ls-refit+distill", {"distill_schedule": "onecycle"}),
     "ls-refit": ("ls-refit", {}),
     "ls-refit+bn-stats": ("ls-refit+bn-stats", {}),
+    "ls-refit, ridge auto": ("ls-refit", {"refit_ridge": "auto"}),  # the ridge chosen per layer on held-out images
+    "ls-refit+distill, one-cycle, ridge auto": ("ls-refit+distill", {"distill_schedule": "onecycle",
+                                                                     "refit_ridge": "auto"}),
 }
 
 
@@ -115,6 +118,8 @@ def main() -> None:
     ap.add_argument("--layernorm", default="refuse", choices=["refuse", "merge"],
                     help="LayerNorm-normalized groups (ConvNeXt): left whole, or merged approximately (its rows "
                          "are labelled 'ALLOCATION, LayerNorm merged')")
+    ap.add_argument("--selection", default="weights", help="how channels are chosen (compress's --selection; "
+                    "rows of another than weights are labelled 'ALLOCATION, SELECTION')")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
@@ -148,7 +153,8 @@ def main() -> None:
     for model_kind, alloc, target in cells:
         if model_kind == "merged":
             t = time.perf_counter()
-            comp = Compressor(CompressConfig(seed=args.seed, progress=False, layernorm=args.layernorm),
+            comp = Compressor(CompressConfig(seed=args.seed, progress=False, layernorm=args.layernorm,
+                                             selection=args.selection),
                               Budget(macs=target, params=target, allocation=alloc)).fit(color, norm, calib)
             merged[(alloc, target)] = comp
             say(f"{alloc} at {target:.0%}: fit {time.perf_counter() - t:.0f} s ({comp.timings_.get('plan', 0):.0f} s "
@@ -161,7 +167,8 @@ def main() -> None:
             merges, timings = None, {"fold": time.perf_counter() - t}
         base = {"macs": count_macs(reference, (1, 32, 32)), "params": _params(reference)}
         recipes = (["none"] if args.unrepaired else []) + list(args.recipes)
-        label = alloc if model_kind == "folded" or args.layernorm == "refuse" else f"{alloc}, LayerNorm merged"
+        label = alloc if model_kind == "folded" else ", ".join(
+            [alloc] + [args.selection] * (args.selection != "weights") + ["LayerNorm merged"] * (args.layernorm == "merge"))
         for recipe in recipes:
             key = (model_kind, label, target, recipe)
             if key in done or (model_kind == "folded" and RECIPES.get(recipe, ("",))[0].startswith("ls-refit")):

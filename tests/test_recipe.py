@@ -1,6 +1,8 @@
 """The one-epoch recipe's levers: the search allocation, the forward-order refit, the guard, the schedule."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -198,3 +200,38 @@ def test_the_onecycle_schedule_rises_then_anneals_to_zero():
 def test_the_repair_config_refuses_unknown_choices(field, value):
     with pytest.raises(ValueError, match=field):
         RepairConfig(**{field: value})
+
+
+def _grams(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, y = x.double(), y.double()
+    return x.T @ x, x.T @ y, y.pow(2).sum()
+
+
+def test_the_held_out_ridge_is_the_smallest_for_an_exact_fit_and_the_largest_for_noise():
+    from achroma.repair.refit import RIDGE_GRID, choose_ridge
+
+    g = torch.Generator().manual_seed(0)
+    x, x_held = torch.randn(400, 30, generator=g), torch.randn(100, 30, generator=g)
+    w = torch.randn(30, 4, generator=g)
+    assert choose_ridge(_grams(x, x @ w), _grams(x_held, x_held @ w)) == RIDGE_GRID[0]  # no noise: no shrinkage
+    x, x_held = torch.randn(40, 30, generator=g), torch.randn(100, 30, generator=g)  # few images, targets noise
+    noise = choose_ridge(_grams(x, torch.randn(40, 4, generator=g)), _grams(x_held, torch.randn(100, 4, generator=g)))
+    assert noise == RIDGE_GRID[-1]  # predicting nothing beats fitting the noise
+    assert choose_ridge(_grams(x, x @ w), _grams(x_held[:0], x_held[:0] @ w)) == 1e-4  # nothing held out: default
+
+
+def test_the_auto_ridge_refit_with_nothing_merged_returns_the_model_unchanged(one_thread):
+    torch.manual_seed(0)
+    gray = fold_to_gray(create_model("resnet-cifar-20").eval(), "cifar")[0].eval()
+    model = copy.deepcopy(gray)
+    images = [(torch.rand(64, 1, 32, 32, generator=torch.Generator().manual_seed(i)), torch.zeros(64)) for i in range(4)]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:4]
+    report = ls_refit(model, gray, images, layers=convs, ridge="auto")
+    assert report.ridges == [1e-6] * 4  # the least shrinkage wins on held-out images when the fit is exact
+    x = torch.rand(8, 1, 32, 32)
+    with torch.no_grad():
+        assert float((model(x) - gray(x)).norm() / gray(x).norm()) < 1e-3
+    with pytest.raises(ValueError, match="ridge must be"):
+        ls_refit(model, gray, images, ridge="large")
+    with pytest.raises(ValueError, match="ridge must be"):
+        RepairConfig(refit_ridge=-1.0)

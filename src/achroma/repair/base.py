@@ -45,7 +45,7 @@ class RepairConfig:
     distill_teacher: str = "color"  # color: the color model on color images; gray: the uncompressed gray model
     distill_schedule: str = "cosine"  # or onecycle
     refit_images: int = 2000
-    refit_ridge: float = 1e-4
+    refit_ridge: float | str = 1e-4  # or 'auto': chosen per layer on held-out calibration images
     finetune_lr: float = 0.01
     finetune_batch_size: int = 128
     finetune_weight_decay: float = 5e-4
@@ -53,6 +53,9 @@ class RepairConfig:
     kd_alpha: float = 0.5
 
     def __post_init__(self) -> None:
+        from .refit import check_ridge
+
+        check_ridge(self.refit_ridge)
         if self.distill_teacher not in ("color", "gray"):
             raise ValueError(f"distill_teacher must be color or gray, got {self.distill_teacher!r}")
         if self.distill_schedule not in ("cosine", "onecycle"):

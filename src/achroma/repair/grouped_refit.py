@@ -39,6 +39,9 @@ def ls_refit_grouped(model: nn.Module, reference: nn.Module, batches: Batches, r
     """Refit every `PermutedGroupedConv` of `model` in place to match the dense `reference` (the model
     the transform started from: same paths, a dense 1x1 conv at each). Both are used in eval mode;
     `batches` yields (images, labels) in the models' input form and is read once."""
+    if ridge == "auto":
+        raise ValueError("ridge='auto' is chosen per layer by the merge's ls-refit only; the grouped refit "
+                         "takes a number (e.g. 1e-4)")
     images = torch.cat([x for x, _ in batches])
     model.eval()
     reference.eval()

@@ -16,6 +16,10 @@ clusters) and a BatchNorm reads them: the target of merged channel j is the mean
 BN outputs in the uncompressed model (what the merge's averaging aims at, free of each member's
 scale), taken back through the merged BN to the conv's output. In a whole-network merge, where
 almost every conv both reads and writes merged channels, this is what lets the refit reach them.
+
+`ridge='auto'` chooses each layer's ridge from `RIDGE_GRID` on held-out calibration images: every
+`HOLDOUT_EVERY`-th image is left out of the fit, the grid's value with the least relative error on
+those images wins, and the layer is then solved on all the images with it (`RefitReport.ridges`).
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ from ..models.inspect import _StopForward, conv_forward_order
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 Merges = Mapping[str, tuple[Sequence[int], Sequence[int]]]  # a conv of the group -> (labels, representatives)
+DEFAULT_RIDGE = 1e-4
+RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # ridge='auto' picks from these, per layer
+HOLDOUT_EVERY = 5  # ridge='auto': every 5th calibration image scores the grid (a fifth held out)
 
 
 @dataclass
@@ -41,6 +48,7 @@ class RefitReport:
     error_before: list[float] = field(default_factory=list)
     error_after: list[float] = field(default_factory=list)
     images: int = 0
+    ridges: list[float] = field(default_factory=list)  # the ridge each layer was solved with
 
 
 def changed_consumers(model: nn.Module, reference: nn.Module, size: int = 32) -> list[str]:
@@ -180,7 +188,7 @@ def _through_bn(bn: nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ls_refit(model: nn.Module, reference: nn.Module, batches: Batches, layers: list[str] | None = None,
-             ridge: float = 1e-4, size: int = 32, merges: Merges | None = None) -> RefitReport:
+             ridge: float | str = DEFAULT_RIDGE, size: int = 32, merges: Merges | None = None) -> RefitReport:
     """Refit `layers` of `model` in place (default `changed_consumers`, plus, with `merges`, the convs
     whose outputs were merged: `merged_producers`) to match `reference`'s outputs.
 
@@ -191,6 +199,7 @@ def ls_refit(model: nn.Module, reference: nn.Module, batches: Batches, layers: l
     """
     from ..training.distributed import current
 
+    check_ridge(ridge)
     images = torch.cat([x for x, _ in batches])
     info = current()
     total = len(images)
@@ -209,11 +218,56 @@ def ls_refit(model: nn.Module, reference: nn.Module, batches: Batches, layers: l
     return report
 
 
-def _refit_layer(model: nn.Module, reference: nn.Module, path: str, images: torch.Tensor, ridge: float,
+def check_ridge(ridge: float | str) -> None:
+    if ridge == "auto":
+        return
+    if isinstance(ridge, str) or isinstance(ridge, bool) or not ridge >= 0:
+        raise ValueError(f"ridge must be a number >= 0 or 'auto'; got {ridge!r}")
+
+
+def _refit_layer(model: nn.Module, reference: nn.Module, path: str, images: torch.Tensor, ridge: float | str,
                  producer: _ProducerTarget | None, report: RefitReport) -> None:
     """Accumulate X^T X, X^T Y over the images, solve the ridge problem, write the weights."""
     from ..training.distributed import all_reduce_sum
 
+    w = model.get_submodule(path).weight
+    held = torch.arange(len(images)) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+    if ridge == "auto":  # the grams of the fitted and the held-out images, kept apart to score the grid
+        fit, out = _grams(model, reference, path, images[~held], producer), \
+            _grams(model, reference, path, images[held], producer)
+        all_reduce_sum(*fit, *out)  # the other processes' images (a no-op for one process)
+        ridge = choose_ridge(fit, out)
+        xtx, xty, yty = (a + b for a, b in zip(fit, out))
+    else:
+        xtx, xty, yty = _grams(model, reference, path, images, producer)
+        all_reduce_sum(xtx, xty, yty)
+    old = w.detach().double().reshape(w.shape[0], -1).T
+    new = _solve(xtx, xty, ridge)
+    report.layers.append(path)  # relative residual ||XW - Y|| / ||Y||, before and after
+    report.error_before.append(_rel_error(xtx, xty, yty, old))
+    report.error_after.append(_rel_error(xtx, xty, yty, new))
+    report.ridges.append(float(ridge))
+    w.copy_(new.T.reshape(w.shape).to(w.dtype))
+
+
+def choose_ridge(fit: tuple[torch.Tensor, ...], held: tuple[torch.Tensor, ...]) -> float:
+    """The `RIDGE_GRID` value whose solution on the `fit` grams (X^T X, X^T Y, Y^T Y) has the least
+    relative error on the `held` grams; `DEFAULT_RIDGE` when nothing was held out."""
+    if not held[2] > 0:
+        return DEFAULT_RIDGE
+    errors = [_rel_error(*held, _solve(fit[0], fit[1], r)) for r in RIDGE_GRID]
+    return RIDGE_GRID[min(range(len(RIDGE_GRID)), key=errors.__getitem__)]
+
+
+def _solve(xtx: torch.Tensor, xty: torch.Tensor, ridge: float) -> torch.Tensor:
+    dim = len(xtx)
+    lam = (ridge * torch.trace(xtx) / dim).clamp_min(1e-12)  # inputs all zero: still solvable (W = 0)
+    return torch.linalg.solve(xtx + lam * torch.eye(dim, dtype=xtx.dtype, device=xtx.device), xty)
+
+
+def _grams(model: nn.Module, reference: nn.Module, path: str, images: torch.Tensor,
+           producer: _ProducerTarget | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """X^T X, X^T Y and Y^T Y of layer `path` over `images` (X: its inputs in `model`; Y: its target)."""
     module = model.get_submodule(path)
     w = module.weight
     dim = w[0].numel()
@@ -235,14 +289,7 @@ def _refit_layer(model: nn.Module, reference: nn.Module, path: str, images: torc
         xtx += a.T @ a
         xty += a.T @ b
         yty += b.pow(2).sum()
-    all_reduce_sum(xtx, xty, yty)  # the other processes' images (a no-op for one process)
-    old = w.detach().double().reshape(w.shape[0], -1).T
-    lam = (ridge * torch.trace(xtx) / dim).clamp_min(1e-12)  # inputs all zero: still solvable (W = 0)
-    new = torch.linalg.solve(xtx + lam * torch.eye(dim, dtype=torch.float64, device=w.device), xty)
-    report.layers.append(path)  # relative residual ||XW - Y|| / ||Y||, before and after
-    report.error_before.append(_rel_error(xtx, xty, yty, old))
-    report.error_after.append(_rel_error(xtx, xty, yty, new))
-    w.copy_(new.T.reshape(w.shape).to(w.dtype))
+    return xtx, xty, yty
 
 
 def _rel_error(xtx: torch.Tensor, xty: torch.Tensor, yty: torch.Tensor, w: torch.Tensor) -> float:
