@@ -75,6 +75,8 @@ def test_compress_round_to_merged_model_is_multiples_and_within_budget_by_flop_c
                  "--target-macs", "0.5", "--round-to", "8", "--selection", "weights", "--repair", "none",
                  "--no-latency", "--test-limit", "2", "--threads", "1", "--quiet", "--out", str(out)]) == 0
     merged, _ = load_checkpoint(out / "model.safetensors")
+    report = (out / "report.md").read_text()  # no receptive fields were computed, and the report says so
+    assert "- Selection: weights" in report and "ascent steps" not in report
     folded = fold_to_gray(color, "cifar")[0]
     widths = [m.out_channels for m in merged.modules() if isinstance(m, nn.Conv2d)]
     assert all(w % 8 == 0 for w in widths), widths

@@ -98,6 +98,16 @@ def _matched_summary(rows: list[dict[str, Any]]) -> list[str]:
     return out + ([""] if out else [])
 
 
+def _selection_line(s: dict) -> str:
+    """How the channels were chosen; the receptive fields' settings only when they were computed."""
+    if s.get("selection") not in (None, "fields"):
+        return f"- Selection: {s['selection']}, seed {s['seed']}."
+    return (f"- Receptive fields: {s['fields'].get('steps')} ascent steps, {s['fields'].get('restarts')} restart(s), "
+            f"seed {s['seed']}, computed " + ("in the color model (luma), as the notebook did"
+                                               if s.get("fields_from") == "color" else
+                                               "in the gray model as merged so far") + ".")
+
+
 def stage_seconds(timings: dict[str, float]) -> dict[str, float]:
     """Seconds per pipeline stage, summed over layers: 'fields conv1' + 'fields conv2' -> 'fields'. Repairs
     keep their name ('repair merged+bn-train'), as each is a cost a user chooses."""
@@ -152,7 +162,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for ly in report["layers"]:
         eps = "–" if ly["eps"] is None else f"{ly['eps']:.4g}"
         keep = "–" if ly["keep"] is None else f"{ly['keep']:g}"
-        lines.append(f"| {ly['layer']} | {ly['metric'] or 'given'} | {ly['method']} | {eps} | {keep} | "
+        lines.append(f"| {ly['layer']} | {ly['metric'] or ('given' if ly.get('source') == 'given' else '–')} | {ly['method']} | {eps} | {keep} | "
                      f"{ly['filters_before']} -> {ly['filters_after']} |")
     fold = report["fold"]
     lines += ["", "## How this was measured", "",
@@ -165,11 +175,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- Latency: {report['costs']['latency']}; shared machines make these noisy.")
     lines += [f"- Fold: first conv {fold['layer']}, border={fold['border']}, max |logit difference| color-on-gray3 vs "
               f"folded {fold['max_abs_logit_diff']:.2e} on a random probe.",
-              f"- Receptive fields: {s['fields'].get('steps')} ascent steps, {s['fields'].get('restarts')} restart(s), "
-              f"seed {s['seed']}, computed " + ("in the color model (luma), as the notebook did"
-                                                 if s.get("fields_from") == "color" else
-                                                 "in the gray model as merged so far")
-              + f". Final model: {report['final_model']}.",
+              _selection_line(s) + f" Final model: {report['final_model']}.",
               ""]
     lines += _guard_lines(s.get("guard") or {})
     stages = report.get("stage_seconds") or {}
