@@ -47,6 +47,7 @@ RECIPES = {
     "ls-refit+distill, one-cycle": ("ls-refit+distill", {"distill_schedule": "onecycle"}),
     "ls-refit": ("ls-refit", {}),
     "ls-refit+bn-stats": ("ls-refit+bn-stats", {}),
+    "distill, one-cycle, lr auto": ("distill", {"distill_schedule": "onecycle", "distill_lr": "auto"}),
     "ls-refit, ridge auto": ("ls-refit", {"refit_ridge": "auto"}),  # the ridge chosen per layer on held-out images
     "ls-refit+distill, one-cycle, ridge auto": ("ls-refit+distill", {"distill_schedule": "onecycle",
                                                                      "refit_ridge": "auto"}),
@@ -182,7 +183,7 @@ def main() -> None:
                 job = repair_job(images, replace(RepairConfig(), **changes), seed=args.seed, teacher=color,
                                  teacher_normalize=norm, reference=reference, merges=merges, validation=held)
                 outcome = repair_with_guard(copy.deepcopy(net), kind, job)
-                repaired, outcome_d = outcome.model, outcome.to_dict()
+                repaired, outcome_d = outcome.model, {**outcome.to_dict(), **job.notes}
             seconds = time.perf_counter() - t
             acc = float(evaluate(repaired.eval(), test, mode="gray", normalize="none", progress=False)["accuracy"])
             row = {"model": model_kind, "allocation": label, "target": target, "recipe": recipe, "accuracy": acc,

@@ -235,3 +235,28 @@ def test_the_auto_ridge_refit_with_nothing_merged_returns_the_model_unchanged(on
         ls_refit(model, gray, images, ridge="large")
     with pytest.raises(ValueError, match="ridge must be"):
         RepairConfig(refit_ridge=-1.0)
+
+
+def test_the_lr_range_test_leaves_the_student_alone_and_reads_the_rate_off_its_curve(one_thread):
+    from achroma.data import ImageDataset
+    from achroma.distill.lr_range import BACKOFF, END_LR, START_LR, distill_lr_range
+    from achroma.training import TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    images = ImageDataset(torch.randint(0, 256, (64, 3, 16, 16), generator=g, dtype=torch.uint8),
+                          torch.arange(64) % 4, [str(i) for i in range(4)], name="tiny")
+    color = create_model("resnet-cifar-20", num_classes=4).eval()
+    student = fold_to_gray(copy.deepcopy(color), "cifar", example_input=torch.rand(1, 1, 16, 16))[0]
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    found = distill_lr_range(student, color, images, TrainConfig(batch_size=16, momentum=0.9, weight_decay=0.0),
+                             teacher_mode="color", student_mode="gray", teacher_normalize="cifar",
+                             student_normalize="none", steps=30)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # tried on a copy
+    assert found.lrs[0] == pytest.approx(START_LR) and all(a < b for a, b in zip(found.lrs, found.lrs[1:]))
+    assert found.lrs[-1] <= END_LR * 1.0001 and len(found.losses) == len(found.lrs) <= 30
+    best = min(range(len(found.losses)), key=found.losses.__getitem__)
+    assert found.lr == pytest.approx(found.lrs[best] / BACKOFF)
+    with pytest.raises(ValueError, match="distill_lr must be"):
+        RepairConfig(distill_lr="fast")
+    with pytest.raises(ValueError, match="distill_lr must be"):
+        RepairConfig(distill_lr=0.0)

@@ -81,7 +81,9 @@ def register(sub) -> None:
     p.add_argument("--repair-batch-size", type=int, default=32, help="bn-train and distill batch size (default 32, Keras')")
     p.add_argument("--no-stats-augment", action="store_true",
                    help="bn-stats: estimate BN statistics on plain images (default: crop + flip, as in training)")
-    p.add_argument("--distill-lr", type=float, default=0.003, help="distill repair: SGD learning rate (default 0.003)")
+    p.add_argument("--distill-lr", type=lambda v: v if v == "auto" else float(v), default=0.003,
+                   help="distill repair: SGD (peak) learning rate (default 0.003), or auto: from a 100-batch range "
+                        "test of the same loss (torch-lr-finder), the rate of least loss / 10")
     p.add_argument("--distill-loss", default="mse", choices=["mse", "kd"],
                    help="distill repair: logit MSE (default) or Hinton KD plus the labels")
     p.add_argument("--distill-teacher", default="color", choices=["color", "gray"],

@@ -40,7 +40,7 @@ class RepairConfig:
     stats_batch_size: int = 256
     augment: bool = False
     stats_augment: bool = True
-    distill_lr: float = 0.003
+    distill_lr: float | str = 0.003  # or 'auto': the peak rate from a range test (distill/lr_range.py)
     distill_loss: str = "mse"
     distill_teacher: str = "color"  # color: the color model on color images; gray: the uncompressed gray model
     distill_schedule: str = "cosine"  # or onecycle
@@ -56,6 +56,8 @@ class RepairConfig:
         from .refit import check_ridge
 
         check_ridge(self.refit_ridge)
+        if self.distill_lr != "auto" and (isinstance(self.distill_lr, (str, bool)) or not self.distill_lr > 0):
+            raise ValueError(f"distill_lr must be a positive number or 'auto'; got {self.distill_lr!r}")
         if self.distill_teacher not in ("color", "gray"):
             raise ValueError(f"distill_teacher must be color or gray, got {self.distill_teacher!r}")
         if self.distill_schedule not in ("cosine", "onecycle"):
@@ -84,6 +86,7 @@ class RepairJob:
     reference: nn.Module | None = None  # the uncompressed model, whose outputs ls-refit reproduces
     merges: Any = None  # each merged group's (labels, representatives), by a conv that writes it
     validation: Any = None  # an ImageDataset held out of `images`: the guard scores every stage on it
+    notes: dict[str, Any] = field(default_factory=dict)  # what the steps chose on the way (distill_lr: 'auto')
 
     @property
     def size(self) -> int:

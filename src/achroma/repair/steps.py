@@ -8,6 +8,8 @@ weight on the labels (finetune-kd: labels plus Hinton distillation from the teac
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 
@@ -119,6 +121,7 @@ class Distill(Repair):
 
     def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
         from ..distill import distill
+        from ..distill.lr_range import distill_lr_range
         from ..training import TrainConfig
 
         c = job.config
@@ -127,8 +130,16 @@ class Distill(Repair):
             teacher, t_mode, t_norm = job.reference, job.mode, job.normalize
         if teacher is None:
             raise ValueError(f"the distill repair needs the {c.distill_teacher} model as teacher")
-        train = TrainConfig(epochs=c.epochs, batch_size=_per_process(c.batch_size), lr=c.distill_lr, momentum=0.9, weight_decay=0.0,
+        train = TrainConfig(epochs=c.epochs, batch_size=_per_process(c.batch_size), lr=0.0, momentum=0.9, weight_decay=0.0,
                             schedule=c.distill_schedule, augment=c.augment, seed=job.seed, device=str(job.device))
+        lr = c.distill_lr
+        if lr == "auto":  # every process tests on the same images in the same order, so all choose alike
+            found = distill_lr_range(model, teacher, job.images, replace(train, batch_size=c.batch_size),
+                                     teacher_mode=t_mode, student_mode=job.mode, teacher_normalize=t_norm,
+                                     student_normalize=job.normalize, loss=c.distill_loss, T=c.kd_temperature,
+                                     alpha=c.kd_alpha)
+            lr = job.notes["distill_lr"] = found.lr
+        train = replace(train, lr=lr)
         distill(model, teacher, job.images, train, teacher_mode=t_mode, student_mode=job.mode,
                 teacher_normalize=t_norm, student_normalize=job.normalize, loss=c.distill_loss,
                 T=c.kd_temperature, alpha=c.kd_alpha, progress=False)
