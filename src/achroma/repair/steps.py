@@ -83,7 +83,10 @@ class LsRefit(Repair):
         if grouped:  # dense 1x1 convs made grouped (achroma group): each group's best weights
             ls_refit_grouped(model, reference, batches, ridge=job.config.refit_ridge)
         if job.merges or not grouped:
-            ls_refit(model, reference, batches, ridge=job.config.refit_ridge, size=job.size, merges=job.merges)
+            report = ls_refit(model, reference, batches, ridge=job.config.refit_ridge, size=job.size,
+                              merges=job.merges)
+            if job.config.refit_ridge == "auto":
+                job.notes["refit_ridges"] = dict(zip(report.layers, report.ridges))
         return model.eval()
 
 
