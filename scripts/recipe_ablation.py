@@ -78,6 +78,7 @@ def matched(rows: dict[tuple, dict], recipe: str) -> dict | None:
     kind, changes = RECIPES.get(recipe, ("none", {}))
     if row is None and kind.startswith("ls-refit"):
         rest = kind.removeprefix("ls-refit").removeprefix("+") or "none"
+        changes = {k: v for k, v in changes.items() if k != "refit_ridge"}  # nothing to refit: the ridge is moot
         same = next((n for n, (k, c) in RECIPES.items() if k == rest and c == changes), rest)
         row = rows.get(("folded", "-", 1.0, same))
     return row
