@@ -51,6 +51,10 @@ RECIPES = {
     "ls-refit, ridge auto": ("ls-refit", {"refit_ridge": "auto"}),  # the ridge chosen per layer on held-out images
     "ls-refit+distill, one-cycle, ridge auto": ("ls-refit+distill", {"distill_schedule": "onecycle",
                                                                      "refit_ridge": "auto"}),
+    "distill, one-cycle, augment": ("distill", {"distill_schedule": "onecycle", "augment": True}),  # crop + flip
+    # the merged channels' BN outputs trained toward their clusters' means (distill/features.py)
+    "distill, one-cycle, features": ("distill", {"distill_schedule": "onecycle", "distill_features": 1.0}),
+    "distill, one-cycle, features 0.1": ("distill", {"distill_schedule": "onecycle", "distill_features": 0.1}),
 }
 
 
@@ -71,17 +75,26 @@ def _append(out: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def matched(rows: dict[tuple, dict], recipe: str) -> dict | None:
-    """The uncompressed gray model's row for `recipe`. ls-refit changes nothing in a model with nothing
-    merged (tests/test_recipe.py), so 'ls-refit+X' there is 'X' (and 'ls-refit' alone is 'none')."""
-    row = rows.get(("folded", "-", 1.0, recipe))
+MERGE_ONLY = ("refit_ridge", "distill_features")  # settings that act on merged channels only
+
+
+def unmerged_equivalent(recipe: str) -> str | None:
+    """The recipe that does the same to a model with nothing merged, when that is another one: ls-refit
+    changes nothing there (tests/test_recipe.py) and neither does a merged-channel setting
+    (tests/test_distill_features.py), so 'ls-refit+X' is 'X' and 'X, features' is 'X'."""
     kind, changes = RECIPES.get(recipe, ("none", {}))
-    if row is None and kind.startswith("ls-refit"):
-        rest = kind.removeprefix("ls-refit").removeprefix("+") or "none"
-        changes = {k: v for k, v in changes.items() if k != "refit_ridge"}  # nothing to refit: the ridge is moot
-        same = next((n for n, (k, c) in RECIPES.items() if k == rest and c == changes), rest)
-        row = rows.get(("folded", "-", 1.0, same))
-    return row
+    rest = kind.removeprefix("ls-refit").removeprefix("+") or "none" if kind.startswith("ls-refit") else kind
+    changes = {k: v for k, v in changes.items() if k not in MERGE_ONLY}
+    if (rest, changes) == RECIPES.get(recipe, ("none", {})):
+        return None
+    return next((n for n, (k, c) in RECIPES.items() if k == rest and c == changes), rest)
+
+
+def matched(rows: dict[tuple, dict], recipe: str) -> dict | None:
+    """The uncompressed gray model's row for `recipe` (or for its `unmerged_equivalent`)."""
+    row = rows.get(("folded", "-", 1.0, recipe))
+    same = unmerged_equivalent(recipe)
+    return row if row is not None or same is None else rows.get(("folded", "-", 1.0, same))
 
 
 def table(rows: dict[tuple, dict]) -> str:
@@ -173,8 +186,8 @@ def main() -> None:
             [alloc] + [args.selection] * (args.selection != "weights") + ["LayerNorm merged"] * (args.layernorm == "merge"))
         for recipe in recipes:
             key = (model_kind, label, target, recipe)
-            if key in done or (model_kind == "folded" and RECIPES.get(recipe, ("",))[0].startswith("ls-refit")):
-                continue  # done, or the same as a recipe without the refit (see `matched`)
+            if key in done or (model_kind == "folded" and unmerged_equivalent(recipe) is not None):
+                continue  # done, or the same as another recipe there (see `matched`)
             kind, changes = RECIPES.get(recipe, ("none", {}))
             t = time.perf_counter()
             outcome_d = None

@@ -3,6 +3,7 @@ views of the same images; SGD, schedule, evaluation and checkpoints as in `achro
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from ..io import save_checkpoint
 from ..training import (EarlyStopping, TrainConfig, best_summary, evaluate, first_conv_in_channels, lr_at,
                         make_optimizer, train_step, validation_record)
 from ..training.distributed import setup_distributed, unwrap, wrap_model
+from .features import FeatureMatch
 from .losses import LOSSES, distillation_loss
 from .pairs import PairedBatchLoader
 
@@ -35,6 +37,7 @@ def distill(
     evaluate_teacher: bool = True,
     progress: bool = True,
     val_set: ImageDataset | None = None,
+    features: FeatureMatch | None = None,
 ) -> dict:
     """Train `student` in place to match `teacher` (eval mode, no gradients) and return the history.
 
@@ -44,6 +47,8 @@ def distill(
     reduces to gray by luma weights). `loss`: 'mse' (the seed's logit regression) or 'kd'
     (`hinton_kd` with `T` and soft weight `alpha`). With `out_dir`, the student is saved as
     `out_dir/model.safetensors` + `.json` (mode, normalization, distillation settings, history).
+    With `features` (a `FeatureMatch`) the merged student's BN outputs are also trained toward the
+    uncompressed gray model's on the same images (`distill/features.py`).
     With `val_set` the student is scored on it (labels) every epoch; with `config.patience` too, the
     run stops after that many epochs without a better validation accuracy and keeps the best epoch.
     Under torchrun (WORLD_SIZE > 1) the student trains data-parallel as in `achroma.training.train`:
@@ -79,6 +84,9 @@ def distill(
     if test_set is not None and evaluate_teacher:
         history["teacher_test_accuracy"] = evaluate(teacher, test_set, mode=teacher_mode, normalize=t_norm,
                                                     device=device, progress=False)["accuracy"]
+    if features is not None:
+        features.reference.to(device)
+        settings["features"] = {"layers": len(features.layers), "weight": features.weight}
     steps = len(loader)
     stopper = EarlyStopping(config.patience)
     for epoch in range(config.epochs):
@@ -86,14 +94,17 @@ def distill(
         net.train()
         t0, total = time.time(), 0.0
         bar = progress_bar(loader, desc=f"distill {epoch + 1}/{config.epochs}", enabled=progress)
-        for i, (xt, xs, y) in enumerate(bar):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(config, epoch + i / steps)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                target = teacher(xt).float()
-            value = train_step(net, xs, y, optimizer, _loss_fn(loss, target, T, alpha), amp)
-            total += value
-            bar.set_postfix(loss=f"{value:.4f}")
+        with features.attached(student) if features is not None else nullcontext() as match:
+            for i, (xt, xs, y) in enumerate(bar):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(config, epoch + i / steps)
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    target = teacher(xt).float()
+                    if match is not None:
+                        match.targets(xs)
+                value = train_step(net, xs, y, optimizer, _loss_fn(loss, target, T, alpha, match), amp)
+                total += value
+                bar.set_postfix(loss=f"{value:.4f}")
         record = {"epoch": epoch + 1, "train_loss": total / max(steps, 1), "lr": optimizer.param_groups[0]["lr"],
                   "seconds": time.time() - t0}
         stop = False
@@ -122,11 +133,14 @@ def distill(
     return history
 
 
-def _loss_fn(name: str, target: torch.Tensor, T: float, alpha: float):
-    """A `train_step` loss closure over this batch's teacher logits, plus the student's own penalty."""
+def _loss_fn(name: str, target: torch.Tensor, T: float, alpha: float, match=None):
+    """A `train_step` loss closure over this batch's teacher logits, plus the feature term (`match`, a
+    `FeatureMatch` session holding this batch's targets) and the student's own penalty."""
 
     def fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         value = distillation_loss(name, model(x), target, y, T=T, alpha=alpha)
+        term = match.loss() if match is not None else None
+        value = value if term is None else value + term
         reg = getattr(unwrap(model), "regularization_loss", None)  # the student's own, through DDP's wrapper
         return value + reg().to(value.device) if reg is not None else value
 

@@ -31,7 +31,10 @@ class RepairConfig:
     0.9, cosine or one-cycle (`distill_schedule`), no weight decay), loss (`distill_loss`: 'mse' on
     logits, or 'kd': Hinton KD at `kd_temperature` plus the labels at weight 1 - `kd_alpha`) and
     teacher (`distill_teacher`: the color model on color images, or the uncompressed gray model on the
-    student's own gray images), then re-estimates the BN statistics on images drawn as in that training."""
+    student's own gray images), optionally (`distill_features` > 0) with every merged BN's outputs trained
+    toward the mean of its clusters' outputs in the uncompressed gray model, the reference (a model with
+    nothing merged gets plain distillation), then re-estimates the BN statistics on images drawn as in
+    that training."""
 
     epochs: int = 1
     lr: float = 0.01
@@ -44,6 +47,7 @@ class RepairConfig:
     distill_loss: str = "mse"
     distill_teacher: str = "color"  # color: the color model on color images; gray: the uncompressed gray model
     distill_schedule: str = "cosine"  # or onecycle
+    distill_features: float = 0.0  # weight of the merged channels' feature term (distill/features.py); 0: off
     refit_images: int = 2000
     refit_ridge: float | str = 1e-4  # or 'auto': chosen per layer on held-out calibration images
     finetune_lr: float = 0.01
@@ -58,6 +62,8 @@ class RepairConfig:
         check_ridge(self.refit_ridge)
         if self.distill_lr != "auto" and (isinstance(self.distill_lr, (str, bool)) or not self.distill_lr > 0):
             raise ValueError(f"distill_lr must be a positive number or 'auto'; got {self.distill_lr!r}")
+        if not self.distill_features >= 0:
+            raise ValueError(f"distill_features must be a weight >= 0; got {self.distill_features!r}")
         if self.distill_teacher not in ("color", "gray"):
             raise ValueError(f"distill_teacher must be color or gray, got {self.distill_teacher!r}")
         if self.distill_schedule not in ("cosine", "onecycle"):

@@ -145,10 +145,29 @@ class Distill(Repair):
         train = replace(train, lr=lr)
         distill(model, teacher, job.images, train, teacher_mode=t_mode, student_mode=job.mode,
                 teacher_normalize=t_norm, student_normalize=job.normalize, loss=c.distill_loss,
-                T=c.kd_temperature, alpha=c.kd_alpha, progress=False)
+                T=c.kd_temperature, alpha=c.kd_alpha, progress=False, features=_feature_match(model, job))
         # the weights moved in train mode, so the running statistics lag behind them: re-estimate them
         # on images drawn as in this training (plain unless config.augment), not as in the original one
         return _stats(model, job, augment=c.augment, required=False)
+
+
+def _feature_match(model: nn.Module, job: RepairJob):
+    """The feature term of a distillation (`distill_features` > 0): every BatchNorm that reads a merged
+    conv's output, its channels' targets the clusters' means in the reference (as ls-refit's). None when
+    it is off; no layers when nothing was merged."""
+    from ..distill.features import FeatureMatch
+    from .refit import merged_producers
+
+    if not job.config.distill_features:
+        return None
+    if job.reference is None:
+        raise ValueError("distill with distill_features needs the uncompressed gray model as reference")
+    layers = {}
+    if job.merges:
+        example = next(iter(_loader(job, 1, shuffle=False)))[0]
+        reference = job.reference.to(job.device)
+        layers = {t.bn: t.members for t in merged_producers(model, reference, job.merges, example).values()}
+    return FeatureMatch(job.reference, layers, job.config.distill_features)
 
 
 class _Finetune(Repair):
