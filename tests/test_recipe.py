@@ -16,7 +16,7 @@ from achroma.pipeline import Budget, CompressConfig, Compressor
 from achroma.pipeline.budget import width_cost
 from achroma.pipeline.search import search_widths
 from achroma.repair import RepairConfig, RepairJob, repair_with_guard
-from achroma.repair.refit import ls_refit
+from achroma.repair.refit import RIDGE_GRID, ls_refit
 from achroma.surgery.groups import ChannelGraph
 from achroma.training import TrainConfig, lr_at
 
@@ -260,3 +260,24 @@ def test_the_lr_range_test_leaves_the_student_alone_and_reads_the_rate_off_its_c
         RepairConfig(distill_lr="fast")
     with pytest.raises(ValueError, match="distill_lr must be"):
         RepairConfig(distill_lr=0.0)
+
+
+def test_the_compress_report_says_what_the_auto_ridge_chose(one_thread):
+    from achroma.pipeline import compress
+    from achroma.report import build_report, render_markdown
+
+    torch.manual_seed(0)
+    color = create_model("resnet-cifar-20").eval()
+    result = compress(color, "cifar", random_images(60, seed=1), random_images(20, seed=2, split="test"),
+                      CompressConfig(layers="first:2", keep=0.5, repair="ls-refit", seed=0, progress=False,
+                                     repair_config=RepairConfig(refit_ridge="auto")))
+    choices = result.settings["repair_choices"]
+    assert list(choices) == ["merged+ls-refit"]  # the uncompressed model has nothing to refit
+    ridges = choices["merged+ls-refit"]["refit_ridges"]
+    assert ridges and set(ridges.values()) <= set(RIDGE_GRID)
+    text = render_markdown(build_report(result))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| merged+ls-refit | refit ridge"))
+    import re
+
+    assert "## Automatic choices" in text and line.endswith("(held-out error) |")
+    assert sum(int(n) for n in re.findall(r"in (\d+) layers", line)) == len(ridges)

@@ -91,6 +91,10 @@ def register(sub) -> None:
     p.add_argument("--distill-schedule", default=None, choices=["cosine", "onecycle"],
                    help="distill repair: the learning rate's schedule inside the epochs (default cosine; onecycle in "
                         "the recommended recipe)")
+    p.add_argument("--distill-features", type=float, default=None, metavar="WEIGHT",
+                   help="distill repair: also train every merged BatchNorm's outputs toward the mean of its "
+                        "clusters' outputs in the uncompressed gray model, at this weight beside the logit loss "
+                        "(default 0: off)")
     p.add_argument("--refit-ridge", default="1e-4", type=lambda v: v if v == "auto" else float(v),
                    help="ls-refit's ridge, relative to the inputs' mean energy (default 1e-4), or auto: chosen "
                         "per layer from 1e-6..1e-1 on a fifth of the calibration images held out")
@@ -152,7 +156,8 @@ def config_from_args(args, layers, repairs):
     repair = RepairConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, batch_size=args.repair_batch_size,
                           stats_augment=not args.no_stats_augment, distill_lr=args.distill_lr,
                           distill_loss=args.distill_loss, distill_teacher=args.distill_teacher,
-                          distill_schedule=args.distill_schedule, refit_ridge=args.refit_ridge)
+                          distill_schedule=args.distill_schedule, refit_ridge=args.refit_ridge,
+                          distill_features=args.distill_features)
     return CompressConfig(layers=layers, metric=args.metric, cluster_method=args.cluster, eps=args.eps,
                           keep=args.keep, selection=args.selection, repair=repairs, repair_config=repair,
                           fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
@@ -164,15 +169,19 @@ def config_from_args(args, layers, repairs):
 
 def _default_repair(args) -> None:
     """No --repair: with a target, the recommended recipe (its schedule unless one is named); else bn-train."""
+    from ..pipeline import RepairConfig
     from ..pipeline.config import BUDGET_REPAIR, BUDGET_REPAIR_CONFIG
 
     targeted = args.target_macs is not None or args.target_params is not None
     if args.repair is None:
         args.repair = BUDGET_REPAIR if targeted else "bn-train"
-        if targeted and args.distill_schedule is None:
-            args.distill_schedule = BUDGET_REPAIR_CONFIG["distill_schedule"]
-    if args.distill_schedule is None:
-        args.distill_schedule = "cosine"
+        if targeted:  # the recipe's settings, where none is named
+            for key, value in BUDGET_REPAIR_CONFIG.items():
+                if getattr(args, key) is None:
+                    setattr(args, key, value)
+    for key in ("distill_schedule", "distill_features"):  # else RepairConfig's own defaults
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(RepairConfig(), key))
 
 
 def run(args) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..pipeline.budget import ALLOCATIONS
 from ..pipeline.config import BUDGET_REPAIR_CONFIG
+from ..repair import RepairConfig
 from ..selection import selection_help
 from .common import (add_field_variant_args, add_layernorm_arg, add_model_args, add_run_args, check_out_dir,
                      field_variants, limit_calibration_and_test, resolve_model)
@@ -59,6 +60,10 @@ def register(sub) -> None:
     p.add_argument("--repair-batch-size", type=int, default=32)
     p.add_argument("--distill-schedule", default=BUDGET_REPAIR_CONFIG["distill_schedule"], choices=["cosine", "onecycle"],
                    help="distill repairs' learning-rate schedule (default: compress's with a target, onecycle)")
+    p.add_argument("--distill-features", type=float, metavar="WEIGHT",
+                   default=BUDGET_REPAIR_CONFIG.get("distill_features", RepairConfig().distill_features),
+                   help="distill repairs' weight of the merged channels' feature term (default: compress's with a "
+                        "target)")
     p.add_argument("--calib-limit", type=int, default=None, help="repair on N training images per class (default all)")
     p.add_argument("--test-limit", type=int, default=None, help="score on N test images per class (default all)")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
@@ -120,7 +125,8 @@ def run(args) -> int:
     train_set, test_set = limit_calibration_and_test(args, train_set, test_set)
     merge = CompressConfig(metric=args.metric, cluster_method=args.cluster,
                            repair_config=RepairConfig(epochs=args.epochs, batch_size=args.repair_batch_size,
-                                                      distill_schedule=args.distill_schedule),
+                                                      distill_schedule=args.distill_schedule,
+                                                      distill_features=args.distill_features),
                            fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
                            fields_from=args.fields_from,
                            between=args.between, merge=args.merge, seed=args.seed, batch_size=args.batch_size,

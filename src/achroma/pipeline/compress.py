@@ -159,7 +159,7 @@ def compress(model: nn.Module, normalization: str | dict | Any, train_set: Image
     score("merged", "merged gray model, no repair", merged, "merged", "gray", GRAY_NORMALIZATION)
     models = {"color": model, "folded": gray, "merged": merged}
     merges = refit_merges([ly.summary() for ly in done])
-    guards = _repair_all(models, repairs, score, train_set, config, norm, device, timings, say, merges)
+    guards, choices = _repair_all(models, repairs, score, train_set, config, norm, device, timings, say, merges)
 
     plans = compressor.layers_
     settings = {**config.to_dict(), "layers": [p.path for p in plans], "metric": [p.metric for p in plans],
@@ -167,7 +167,7 @@ def compress(model: nn.Module, normalization: str | dict | Any, train_set: Image
                 "fields": {**_FIELD_DEFAULTS, **config.fields, "size": size},
                 "budget": None if budget is None else budget.to_dict(),
                 "plan": None if compressor.plan_ is None else compressor.plan_.summary(),
-                "converted": compressor.converted_, "guard": guards,
+                "converted": compressor.converted_, "guard": guards, "repair_choices": choices,
                 "calibration_images": len(train_set), "test_images": len(test_set), "device": str(device),
                 "threads": torch.get_num_threads()}
     settings.pop("progress")
@@ -189,12 +189,14 @@ def guard_split(train_set: ImageDataset, share: float, seed: int = 0) -> tuple[I
 
 def _repair_all(models: dict[str, nn.Module], repairs: list[str], score: _Scorer, train_set: ImageDataset,
                 config: CompressConfig, norm: Any, device: torch.device, timings: dict[str, float],
-                say: Log, merges: dict[str, tuple[list[int], list[int]]]) -> dict[str, Any]:
+                say: Log, merges: dict[str, tuple[list[int], list[int]]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each repair, given alike to the merged and the uncompressed folded model; rows and models added.
-    Sequences with a trained step are guarded: returns each guarded row's stages and the stage kept."""
+    Sequences with a trained step are guarded. Returns each guarded row's stages and the stage kept, and
+    each row's automatic choices (`RepairJob.notes`)."""
     from ..repair import get_repair, parse_repair_step, repair_with_guard
 
     guards: dict[str, Any] = {}
+    choices: dict[str, Any] = {}
     for kind in repairs:
         trained = any(get_repair(parse_repair_step(s)[0]).trained for s in kind.split("+"))
         images, held = guard_split(train_set, config.guard if trained else 0.0, config.seed)
@@ -213,6 +215,8 @@ def _repair_all(models: dict[str, nn.Module], repairs: list[str], score: _Scorer
                              merges=merges if base == "merged" else None, validation=held)
             outcome = repair_with_guard(models[base], kind, job)
             models[key] = outcome.model
+            if job.notes:  # what 'auto' settings chose (the learning rate, each layer's ridge)
+                choices[key] = job.notes
             timings[f"repair {key}"] = time.perf_counter() - t
             if held is not None:
                 guards[key] = {**outcome.to_dict(), "images": len(held)}
@@ -220,4 +224,4 @@ def _repair_all(models: dict[str, nn.Module], repairs: list[str], score: _Scorer
                     say(f"guard: {key} kept stage '{outcome.kept}': "
                         + ", ".join(f"{s} {a:.4f}" for s, a in outcome.stages) + f" on {len(held)} held-out images")
             score(key, f"{label} + {kind}", models[key], key, "gray", GRAY_NORMALIZATION, repair=kind)
-    return guards
+    return guards, choices

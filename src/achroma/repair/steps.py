@@ -85,7 +85,7 @@ class LsRefit(Repair):
         if job.merges or not grouped:
             report = ls_refit(model, reference, batches, ridge=job.config.refit_ridge, size=job.size,
                               merges=job.merges)
-            if job.config.refit_ridge == "auto":
+            if job.config.refit_ridge == "auto" and report.layers:
                 job.notes["refit_ridges"] = dict(zip(report.layers, report.ridges))
         return model.eval()
 

@@ -8,6 +8,7 @@ architecture (a repair changes BN values, never shapes or work).
 from __future__ import annotations
 
 import platform
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,7 @@ def render_markdown(report: dict[str, Any]) -> str:
               _selection_line(s) + f" Final model: {report['final_model']}.",
               ""]
     lines += _guard_lines(s.get("guard") or {})
+    lines += _choice_lines(s.get("repair_choices") or {})
     stages = report.get("stage_seconds") or {}
     if stages:
         lines += ["## Time per stage", "", "| stage | seconds |", "|---|---:|"]
@@ -196,6 +198,23 @@ def _guard_lines(guards: dict[str, Any]) -> list[str]:
         stages = ", ".join(f"{st['stage']} {st['accuracy']:.2%}" for st in g["stages"])
         kept = g["kept"] + (" (a later step made it worse)" if g["kept"] != key.split("+", 1)[1] else "")
         lines.append(f"| {key} | {g['images']:,} | {stages} | {kept} |")
+    return lines + [""]
+
+
+def _choice_lines(choices: dict[str, Any]) -> list[str]:
+    """What the repairs set to 'auto' chose: the distillation's learning rate, the refit's ridges."""
+    if not choices:
+        return []
+    lines = ["## Automatic choices", "", "| model | choice |", "|---|---|"]
+    for key, notes in choices.items():
+        parts = []
+        if "distill_lr" in notes:
+            parts.append(f"distillation learning rate {notes['distill_lr']:.3g} (range test)")
+        if "refit_ridges" in notes:
+            counts = Counter(notes["refit_ridges"].values())
+            parts.append("refit ridge " + ", ".join(f"{r:g} in {n} layers" for r, n in sorted(counts.items()))
+                         + " (held-out error)")
+        lines.append(f"| {key} | {'; '.join(parts) or notes} |")
     return lines + [""]
 
 

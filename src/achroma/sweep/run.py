@@ -143,6 +143,8 @@ class SweepConfig:
         for key, default in (("between", "none"), ("merge", "average"), ("layernorm", "refuse")):  # (older sweep folders predate them)
             if merge.get(key) == default:
                 merge.pop(key)
+        if merge["repair_config"].get("distill_features") == 0.0:  # (likewise)
+            merge["repair_config"].pop("distill_features")
         return out
 
 
