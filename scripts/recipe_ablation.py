@@ -55,6 +55,13 @@ RECIPES = {
     # the merged channels' BN outputs trained toward their clusters' means (distill/features.py)
     "distill, one-cycle, features": ("distill", {"distill_schedule": "onecycle", "distill_features": 1.0}),
     "distill, one-cycle, features 0.1": ("distill", {"distill_schedule": "onecycle", "distill_features": 0.1}),
+    # BN statistics re-estimated with the affines compensated (repair/bn.py: bn_align): training starts from the
+    # model as refit or merged, not from its train-mode variant
+    "bn-align+distill, one-cycle": ("bn-align+distill", {"distill_schedule": "onecycle"}),
+    "ls-refit+bn-align+distill, one-cycle": ("ls-refit+bn-align+distill", {"distill_schedule": "onecycle"}),
+    # more steps in the one epoch, or fewer larger ones at the linearly scaled rate (the default: batch 32, 0.003)
+    "distill, one-cycle, batch 16": ("distill", {"distill_schedule": "onecycle", "batch_size": 16}),
+    "distill, one-cycle, batch 64": ("distill", {"distill_schedule": "onecycle", "batch_size": 64, "distill_lr": 0.006}),
 }
 
 

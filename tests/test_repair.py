@@ -1,5 +1,7 @@
-"""Tests for achroma.repair: BN-only training and BN statistics re-estimation."""
+"""Tests for achroma.repair: BN-only training, BN statistics re-estimation, and their alignment."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch.nn as nn
 
 from achroma.data import BatchLoader, ImageDataset
 from achroma.models import create_model
-from achroma.repair import bn_recalibrate, bn_train
+from achroma.repair import bn_align, bn_recalibrate, bn_train
 
 torch.set_num_threads(1)
 
@@ -90,6 +92,59 @@ def test_bn_recalibrate_is_a_cumulative_average():
     vars_ = torch.stack([f.transpose(0, 1).flatten(1).var(1, unbiased=True) for f in feats]).mean(0)
     assert torch.allclose(model[1].running_mean, means, atol=1e-5)
     assert torch.allclose(model[1].running_var, vars_, atol=1e-5)
+
+
+def _stale_statistics(name: str) -> nn.Module:
+    """A float64 model whose BN statistics and affines describe nothing it computes (as after a merge)."""
+    torch.manual_seed(0)
+    model = create_model(name).double().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def _bn_train_mode(model: nn.Module) -> nn.Module:
+    """Batch statistics in every BN, the rest (dropout) in eval mode: a training step's normalization."""
+    for m in model.modules():
+        m.training = isinstance(m, nn.modules.batchnorm._BatchNorm)
+    return model
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bn_align_keeps_the_function_and_makes_train_mode_agree(name):
+    """One calibration batch: after alignment the eval outputs are unchanged and a BN train-mode pass on that
+    batch (its own statistics) gives the same outputs; before it, it did not."""
+    model = _stale_statistics(name)
+    x = torch.randn(16, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x)
+        trained_before = _bn_train_mode(copy.deepcopy(model))(x)
+    assert (trained_before - before).abs().max() > 1e-2 * before.abs().max()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert bn_align(model, [(x, torch.zeros(16))]) is model
+    assert not model.training
+    with torch.no_grad():
+        after = model.eval()(x)
+        trained = _bn_train_mode(model)(x)
+    scale = before.abs().max()
+    assert (after - before).abs().max() < 1e-9 * scale
+    assert (trained - before).abs().max() < 1e-6 * scale
+    affine, stats = _bn_keys(model)
+    assert _changed(state, model) <= affine | stats  # only the BNs moved
+
+
+def test_bn_align_over_batches_uses_the_moments_of_them_all():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).double().eval()
+    batches = [(x.double(), y) for x, y in _batches(n=3)]
+    with torch.no_grad():
+        feats = torch.cat([model[0](x) for x, _ in batches])
+    bn_align(model, batches)
+    assert torch.allclose(model[1].running_mean, feats.mean((0, 2, 3)))
+    assert torch.allclose(model[1].running_var, feats.transpose(0, 1).flatten(1).var(1, unbiased=False))
+    with pytest.raises(ValueError, match="yielded no batches"):
+        bn_align(model, [])
 
 
 def test_repair_errors():

@@ -6,12 +6,12 @@
 """
 from .base import (Repair, RepairConfig, RepairJob, RepairOutcome, check_repairs, get_repair, parse_repair_step, register_repair,
                    repair_help, repair_names, repair_with_guard, run_repair)
-from .bn import bn_recalibrate, bn_train
+from .bn import bn_align, bn_recalibrate, bn_train
 from .grouped_refit import grouped_forward_order, ls_refit_grouped
 from .refit import RefitReport, changed_consumers, ls_refit
-from .steps import BnStats, BnTrain, Distill, Finetune, FinetuneKD, LsRefit, NoRepair
+from .steps import BnAlign, BnStats, BnTrain, Distill, Finetune, FinetuneKD, LsRefit, NoRepair
 
-__all__ = ["BnStats", "BnTrain", "Distill", "Finetune", "FinetuneKD", "LsRefit", "NoRepair", "RefitReport", "Repair",
-           "RepairConfig", "RepairJob", "RepairOutcome", "bn_recalibrate", "bn_train", "changed_consumers", "check_repairs",
+__all__ = ["BnAlign", "BnStats", "BnTrain", "Distill", "Finetune", "FinetuneKD", "LsRefit", "NoRepair", "RefitReport", "Repair",
+           "RepairConfig", "RepairJob", "RepairOutcome", "bn_align", "bn_recalibrate", "bn_train", "changed_consumers", "check_repairs",
            "get_repair", "grouped_forward_order", "ls_refit", "ls_refit_grouped", "parse_repair_step",
            "register_repair", "repair_help", "repair_names", "repair_with_guard", "run_repair"]

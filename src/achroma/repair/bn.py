@@ -1,5 +1,6 @@
 """Repair after folding/merging by the BN layers alone: train their affine parameters, or only
-re-estimate their running statistics. Every other weight stays as it is."""
+re-estimate their running statistics, or re-estimate them and keep the function (`bn_align`). Every
+other weight stays as it is."""
 from __future__ import annotations
 
 from itertools import islice
@@ -113,4 +114,59 @@ def bn_recalibrate(model: nn.Module, loader: Batches, max_batches: int | None = 
                 buf.copy_((total / count.clamp_min(1).to(total.device)).to(buf.dtype))
     if seen == 0:
         raise ValueError("the calibration loader yielded no batches")
+    return model
+
+
+@torch.no_grad()
+def bn_align(model: nn.Module, loader: Batches, max_batches: int | None = None) -> nn.Module:
+    """Every BN's running statistics set to what its input really is on `loader`, its affine changed to
+    compensate: the model computes exactly what it did in eval mode, and a training step (batch
+    statistics) now starts from that same function.
+
+    After a merge or a refit the running statistics no longer describe the BN's input (averaging
+    imperfectly correlated filters shrinks a channel's spread; the refit aims the conv at targets
+    expressed through the old statistics), so train mode normalizes by other numbers than eval mode and
+    training starts from another, worse model; plain re-estimation (`bn_recalibrate`) changes the
+    eval function the same way. Here, per channel, with old (mu, var), new (m, v), s = sqrt(var + eps)
+    and s' = sqrt(v + eps): gamma' = gamma s' / s and beta' = beta + gamma (m - mu) / s, so that
+    gamma' (z - m) / s' + beta' = gamma (z - mu) / s + beta for every z. One eval pass collects every
+    BN's input moments at once (the function does not change, so neither do the inputs); under
+    torchrun they are summed over the processes. BNs without affine or running statistics are left
+    as they are. In place; returns `model`.
+    """
+    from ..training.distributed import all_reduce_sum
+
+    layers = [m for m in _batchnorms(model) if m.affine and m.track_running_stats]
+    moments = {m: torch.zeros(3, m.num_features, dtype=torch.float64, device=m.running_mean.device)
+               for m in layers}  # count, sum, sum of squares per channel
+
+    def collect(m: _BN, inputs: tuple) -> None:
+        z = inputs[0].detach().double().transpose(0, 1).reshape(m.num_features, -1)
+        moments[m] += torch.stack([torch.full_like(z[:, 0], z.shape[1]), z.sum(1), z.pow(2).sum(1)])
+
+    modes = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_pre_hook(collect) for m in layers]
+    device = _device(model)
+    try:
+        model.eval()
+        for x, _ in islice(loader, max_batches):
+            model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in modes.items():
+            m.training = flag
+    for m in layers:
+        all_reduce_sum(moments[m])
+        count, total, squares = moments[m]
+        if not count.min() > 0:
+            raise ValueError("the calibration loader yielded no batches")
+        mean = total / count
+        var = (squares / count - mean.pow(2)).clamp_min(0)
+        old_mean, old_std = m.running_mean.double(), (m.running_var.double() + m.eps).sqrt()
+        gamma = m.weight.double()
+        m.bias.copy_((m.bias.double() + gamma * (mean - old_mean) / old_std).to(m.bias.dtype))
+        m.weight.copy_((gamma * (var + m.eps).sqrt() / old_std).to(m.weight.dtype))
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
     return model

@@ -37,6 +37,15 @@ def _per_process(batch_size: int) -> int:
     return max(1, batch_size // current().world_size)
 
 
+def _calibration(job: RepairJob, augment: bool = False):
+    """The refit's images (`refit_images` of the repair images, stratified by class) in batches of 256."""
+    images = job.images
+    if job.config.refit_images < len(images):
+        images = images.stratified_subset(max(1, job.config.refit_images // max(1, len(images.classes))))
+    return _loader(RepairJob(images, job.config, job.seed, job.device, job.mode, job.normalize), 256,
+                   shuffle=False, augment=augment)
+
+
 def _stats(model: nn.Module, job: RepairJob, augment: bool | None = None, required: bool = True) -> nn.Module:
     """BN running statistics re-estimated on images drawn as the weights were last trained on.
 
@@ -72,11 +81,7 @@ class LsRefit(Repair):
 
         if job.reference is None:
             raise ValueError("the ls-refit repair needs the uncompressed gray model as reference")
-        images = job.images
-        if job.config.refit_images < len(images):
-            images = images.stratified_subset(max(1, job.config.refit_images // max(1, len(images.classes))))
-        batches = list(_loader(RepairJob(images, job.config, job.seed, job.device, job.mode, job.normalize), 256,
-                               shuffle=False))
+        batches = list(_calibration(job))
         reference = job.reference.to(job.device)
         grouped = [p for p, m in model.named_modules() if isinstance(m, PermutedGroupedConv)
                    and isinstance(reference.get_submodule(p), nn.Conv2d)]
@@ -116,6 +121,19 @@ class BnStats(Repair):
 
     def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
         return _stats(model, job)
+
+
+@register_repair
+class BnAlign(Repair):
+    name = "bn-align"
+    help = ("BN statistics re-estimated on the refit's images and the affines compensated: the same function, "
+            "now also in train mode (before training)")
+
+    def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+        from .bn import bn_align
+
+        # the images as the training that follows will draw them, so its batch statistics are these
+        return bn_align(model, _calibration(job, augment=job.config.augment)).eval()
 
 
 @register_repair
