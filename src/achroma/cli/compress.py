@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..pipeline.budget import ALLOCATIONS
+from ..repair import repair_help
 from ..selection import selection_help, selection_names
 from .common import (add_field_variant_args, add_layernorm_arg, add_model_args, add_run_args, check_out_dir,
                      field_variants, limit_calibration_and_test, resolve_model, write_once)
@@ -70,10 +71,9 @@ def register(sub) -> None:
                    help="compute each layer's fields in the color model, then luma (color, default: the notebook's "
                         "way, and the better merge in docs/RESULTS.md) or in the gray model as merged so far")
     p.add_argument("--repair", default=None, help="default: with a target, the recommended one-epoch recipe "
-                   "(distill, one-cycle schedule: docs/RESULTS.md, issue 22), else bn-train; ls-refit | bn-train | bn-stats | distill | finetune | "
-                   "finetune-kd | none, a sequence joined by '+' (ls-refit+distill), or several to compare "
-                   "(bn-train,ls-refit+distill); trained repairs take epochs after ':' (finetune:3); "
-                   "the saved model carries the first")
+                   "(distill, one-cycle schedule: docs/RESULTS.md, issue 22), else bn-train; a sequence of steps joined by '+' "
+                   "(ls-refit+distill), or several to compare (bn-train,ls-refit+distill); trained repairs take "
+                   "epochs after ':' (finetune:3); the saved model carries the first. Steps: " + repair_help())
     p.add_argument("--epochs", type=int, default=1, help="epochs of trained repairs that name none (default 1, the "
                    "notebook's)")
     p.add_argument("--lr", type=float, default=0.01, help="bn-train learning rate (default 0.01)")
