@@ -158,9 +158,12 @@ def bn_align(model: nn.Module, loader: Batches, max_batches: int | None = None) 
             m.training = flag
     for m in layers:
         all_reduce_sum(moments[m])
+    if not any(moments[m][0].min() > 0 for m in layers):
+        raise ValueError("the calibration loader yielded no batches")
+    for m in layers:
         count, total, squares = moments[m]
-        if not count.min() > 0:
-            raise ValueError("the calibration loader yielded no batches")
+        if not count.min() > 0:  # a BN the forward pass never reaches keeps what it had
+            continue
         mean = total / count
         var = (squares / count - mean.pow(2)).clamp_min(0)
         old_mean, old_std = m.running_mean.double(), (m.running_var.double() + m.eps).sqrt()
