@@ -62,6 +62,12 @@ RECIPES = {
     # more steps in the one epoch, or fewer larger ones at the linearly scaled rate (the default: batch 32, 0.003)
     "distill, one-cycle, batch 16": ("distill", {"distill_schedule": "onecycle", "batch_size": 16}),
     "distill, one-cycle, batch 64": ("distill", {"distill_schedule": "onecycle", "batch_size": 64, "distill_lr": 0.006}),
+    # the same epoch on the uncompressed model, each merged cluster pulled together until it is equal at the
+    # given fraction of the epoch (repair/tie.py), then merged exactly
+    "centripetal, one-cycle": ("centripetal", {"distill_schedule": "onecycle"}),
+    "centripetal, one-cycle, until 0.25": ("centripetal", {"distill_schedule": "onecycle", "centripetal_until": 0.25}),
+    "centripetal, one-cycle, until 0.75": ("centripetal", {"distill_schedule": "onecycle", "centripetal_until": 0.75}),
+    "centripetal, one-cycle, until 1": ("centripetal", {"distill_schedule": "onecycle", "centripetal_until": 1.0}),
 }
 
 
@@ -82,14 +88,16 @@ def _append(out: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-MERGE_ONLY = ("refit_ridge", "distill_features")  # settings that act on merged channels only
+MERGE_ONLY = ("refit_ridge", "distill_features", "centripetal_until")  # settings that act on merged channels only
 
 
 def unmerged_equivalent(recipe: str) -> str | None:
     """The recipe that does the same to a model with nothing merged, when that is another one: ls-refit
     changes nothing there (tests/test_recipe.py) and neither does a merged-channel setting
-    (tests/test_distill_features.py), so 'ls-refit+X' is 'X' and 'X, features' is 'X'."""
+    (tests/test_distill_features.py), so 'ls-refit+X' is 'X' and 'X, features' is 'X'; centripetal ties
+    nothing there and is distill (tests/test_tie.py)."""
     kind, changes = RECIPES.get(recipe, ("none", {}))
+    kind = "+".join("distill" if step == "centripetal" else step for step in kind.split("+"))
     rest = kind.removeprefix("ls-refit").removeprefix("+") or "none" if kind.startswith("ls-refit") else kind
     changes = {k: v for k, v in changes.items() if k not in MERGE_ONLY}
     if (rest, changes) == RECIPES.get(recipe, ("none", {})):

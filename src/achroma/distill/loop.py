@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -38,6 +39,7 @@ def distill(
     progress: bool = True,
     val_set: ImageDataset | None = None,
     features: FeatureMatch | None = None,
+    step_hook: Callable[[float], None] | None = None,
 ) -> dict:
     """Train `student` in place to match `teacher` (eval mode, no gradients) and return the history.
 
@@ -48,7 +50,8 @@ def distill(
     (`hinton_kd` with `T` and soft weight `alpha`). With `out_dir`, the student is saved as
     `out_dir/model.safetensors` + `.json` (mode, normalization, distillation settings, history).
     With `features` (a `FeatureMatch`) the merged student's BN outputs are also trained toward the
-    uncompressed gray model's on the same images (`distill/features.py`).
+    uncompressed gray model's on the same images (`distill/features.py`). `step_hook(fraction)` is called
+    before every step with the fraction of the training done (the centripetal repair's tie).
     With `val_set` the student is scored on it (labels) every epoch; with `config.patience` too, the
     run stops after that many epochs without a better validation accuracy and keeps the best epoch.
     Under torchrun (WORLD_SIZE > 1) the student trains data-parallel as in `achroma.training.train`:
@@ -98,6 +101,8 @@ def distill(
             for i, (xt, xs, y) in enumerate(bar):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(config, epoch + i / steps)
+                if step_hook is not None:
+                    step_hook((epoch + i / steps) / config.epochs)
                 with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     target = teacher(xt).float()
                     if match is not None:

@@ -9,9 +9,10 @@ from .base import (Repair, RepairConfig, RepairJob, RepairOutcome, check_repairs
 from .bn import bn_align, bn_recalibrate, bn_train
 from .grouped_refit import grouped_forward_order, ls_refit_grouped
 from .refit import RefitReport, changed_consumers, ls_refit
-from .steps import BnAlign, BnStats, BnTrain, Distill, Finetune, FinetuneKD, LsRefit, NoRepair
+from .tie import ClusterTie
+from .steps import BnAlign, BnStats, Centripetal, BnTrain, Distill, Finetune, FinetuneKD, LsRefit, NoRepair
 
-__all__ = ["BnAlign", "BnStats", "BnTrain", "Distill", "Finetune", "FinetuneKD", "LsRefit", "NoRepair", "RefitReport", "Repair",
-           "RepairConfig", "RepairJob", "RepairOutcome", "bn_align", "bn_recalibrate", "bn_train", "changed_consumers", "check_repairs",
+__all__ = ["BnAlign", "BnStats", "Centripetal", "BnTrain", "Distill", "Finetune", "FinetuneKD", "LsRefit", "NoRepair", "RefitReport", "Repair",
+           "RepairConfig", "RepairJob", "RepairOutcome", "bn_align", "bn_recalibrate", "bn_train", "changed_consumers", "check_repairs", "ClusterTie",
            "get_repair", "grouped_forward_order", "ls_refit", "ls_refit_grouped", "parse_repair_step",
            "register_repair", "repair_help", "repair_names", "repair_with_guard", "run_repair"]

@@ -48,6 +48,7 @@ class RepairConfig:
     distill_teacher: str = "color"  # color: the color model on color images; gray: the uncompressed gray model
     distill_schedule: str = "cosine"  # or onecycle
     distill_features: float = 0.0  # weight of the merged channels' feature term (distill/features.py); 0: off
+    centripetal_until: float = 0.5  # centripetal: the fraction of the epoch after which merged clusters are equal
     refit_images: int = 2000
     refit_ridge: float | str = 1e-4  # or 'auto': chosen per layer on held-out calibration images
     finetune_lr: float = 0.01
@@ -64,6 +65,8 @@ class RepairConfig:
             raise ValueError(f"distill_lr must be a positive number or 'auto'; got {self.distill_lr!r}")
         if not self.distill_features >= 0:
             raise ValueError(f"distill_features must be a weight >= 0; got {self.distill_features!r}")
+        if isinstance(self.centripetal_until, bool) or not 0 < self.centripetal_until <= 1:
+            raise ValueError(f"centripetal_until must be a fraction in (0, 1]; got {self.centripetal_until!r}")
         if self.distill_teacher not in ("color", "gray"):
             raise ValueError(f"distill_teacher must be color or gray, got {self.distill_teacher!r}")
         if self.distill_schedule not in ("cosine", "onecycle"):

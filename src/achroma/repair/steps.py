@@ -141,32 +141,66 @@ class Distill(Repair):
     name, help, trained = "distill", "every weight trained to match the teacher's logits (labels too with kd)", True
 
     def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
-        from ..distill import distill
-        from ..distill.lr_range import distill_lr_range
-        from ..training import TrainConfig
-
-        c = job.config
-        teacher, t_mode, t_norm = job.teacher, job.teacher_input_mode(), job.teacher_normalize
-        if c.distill_teacher == "gray":
-            teacher, t_mode, t_norm = job.reference, job.mode, job.normalize
-        if teacher is None:
-            raise ValueError(f"the distill repair needs the {c.distill_teacher} model as teacher")
-        train = TrainConfig(epochs=c.epochs, batch_size=_per_process(c.batch_size), lr=0.0, momentum=0.9, weight_decay=0.0,
-                            schedule=c.distill_schedule, augment=c.augment, seed=job.seed, device=str(job.device))
-        lr = c.distill_lr
-        if lr == "auto":  # every process tests on the same images in the same order, so all choose alike
-            found = distill_lr_range(model, teacher, job.images, replace(train, batch_size=c.batch_size),
-                                     teacher_mode=t_mode, student_mode=job.mode, teacher_normalize=t_norm,
-                                     student_normalize=job.normalize, loss=c.distill_loss, T=c.kd_temperature,
-                                     alpha=c.kd_alpha)
-            lr = job.notes["distill_lr"] = found.lr
-        train = replace(train, lr=lr)
-        distill(model, teacher, job.images, train, teacher_mode=t_mode, student_mode=job.mode,
-                teacher_normalize=t_norm, student_normalize=job.normalize, loss=c.distill_loss,
-                T=c.kd_temperature, alpha=c.kd_alpha, progress=False, features=_feature_match(model, job))
+        _distill(model, job, features=_feature_match(model, job))
         # the weights moved in train mode, so the running statistics lag behind them: re-estimate them
         # on images drawn as in this training (plain unless config.augment), not as in the original one
-        return _stats(model, job, augment=c.augment, required=False)
+        return _stats(model, job, augment=job.config.augment, required=False)
+
+
+@register_repair
+class Centripetal(Repair):
+    name, trained = "centripetal", True
+    help = ("distill run on the uncompressed model while each merged cluster's channels are pulled together "
+            "(equal from centripetal_until of the epoch on), then merged exactly; replaces the merged weights")
+
+    def __call__(self, model: nn.Module, job: RepairJob) -> nn.Module:
+        import copy
+
+        from .tie import ClusterTie
+
+        if job.config.distill_features:
+            raise ValueError("the centripetal repair has no feature term: nothing is merged while it trains")
+        if not job.merges:  # nothing merged: plain distillation
+            return Distill()(model, job)
+        if job.reference is None:
+            raise ValueError("the centripetal repair needs the uncompressed gray model as reference")
+        example = next(iter(_loader(job, 1, shuffle=False)))[0]
+        tie = ClusterTie(copy.deepcopy(job.reference).to(job.device), job.merges, example,
+                         until=job.config.centripetal_until)
+        _distill(tie.model, job, step_hook=tie.step)
+        merged = tie.merge()
+        try:
+            model.load_state_dict(merged.state_dict())
+        except RuntimeError as err:
+            raise ValueError("the centripetal repair's merge does not give the merged model's shapes (was a step "
+                             f"before it changing widths?): {err}") from None
+        return _stats(model, job, augment=job.config.augment, required=False)
+
+
+def _distill(model: nn.Module, job: RepairJob, features=None, step_hook=None) -> None:
+    """`model` trained in place to match the teacher's logits on the repair images, as `job.config` says."""
+    from ..distill import distill
+    from ..distill.lr_range import distill_lr_range
+    from ..training import TrainConfig
+
+    c = job.config
+    teacher, t_mode, t_norm = job.teacher, job.teacher_input_mode(), job.teacher_normalize
+    if c.distill_teacher == "gray":
+        teacher, t_mode, t_norm = job.reference, job.mode, job.normalize
+    if teacher is None:
+        raise ValueError(f"the distill repair needs the {c.distill_teacher} model as teacher")
+    train = TrainConfig(epochs=c.epochs, batch_size=_per_process(c.batch_size), lr=0.0, momentum=0.9, weight_decay=0.0,
+                        schedule=c.distill_schedule, augment=c.augment, seed=job.seed, device=str(job.device))
+    lr = c.distill_lr
+    if lr == "auto":  # every process tests on the same images in the same order, so all choose alike
+        found = distill_lr_range(model, teacher, job.images, replace(train, batch_size=c.batch_size),
+                                 teacher_mode=t_mode, student_mode=job.mode, teacher_normalize=t_norm,
+                                 student_normalize=job.normalize, loss=c.distill_loss, T=c.kd_temperature,
+                                 alpha=c.kd_alpha)
+        lr = job.notes["distill_lr"] = found.lr
+    distill(model, teacher, job.images, replace(train, lr=lr), teacher_mode=t_mode, student_mode=job.mode,
+            teacher_normalize=t_norm, student_normalize=job.normalize, loss=c.distill_loss,
+            T=c.kd_temperature, alpha=c.kd_alpha, progress=False, features=features, step_hook=step_hook)
 
 
 def _feature_match(model: nn.Module, job: RepairJob):
