@@ -68,6 +68,8 @@ RECIPES = {
     "centripetal, one-cycle, until 0.25": ("centripetal", {"distill_schedule": "onecycle", "centripetal_until": 0.25}),
     "centripetal, one-cycle, until 0.75": ("centripetal", {"distill_schedule": "onecycle", "centripetal_until": 0.75}),
     "centripetal, one-cycle, until 1": ("centripetal", {"distill_schedule": "onecycle", "centripetal_until": 1.0}),
+    # beyond the budget of one epoch: how far the gap is from closing with more of the same
+    "distill:3, one-cycle": ("distill:3", {"distill_schedule": "onecycle"}),
 }
 
 

@@ -102,3 +102,17 @@ def test_centripetal_refuses_a_pruned_selection_and_a_feature_term(one_thread):
                                                          reference=comp.folded_, merges=merges))
     with pytest.raises(ValueError, match="centripetal_until"):
         RepairConfig(centripetal_until=1.5)
+
+
+def test_compress_flag_reaches_the_repair_config():
+    from achroma.cli import build_parser
+    from achroma.cli.compress import _default_repair, config_from_args
+
+    def config(*flags):
+        args = build_parser().parse_args(["compress", "--weights", "w.safetensors", "--dataset", "cifar10",
+                                          "--target-macs", "0.5", "--out", "o", *flags])
+        _default_repair(args)
+        return config_from_args(args, None, ["centripetal"]).repair_config
+
+    assert config("--centripetal-until", "0.3").centripetal_until == 0.3
+    assert config().centripetal_until == RepairConfig().centripetal_until

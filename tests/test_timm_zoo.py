@@ -30,7 +30,8 @@ import torch.nn as nn
 
 timm = pytest.importorskip("timm", reason="timm is not installed (pip install achroma[timm])")
 
-from test_zoo import _duplicates_everywhere, _forward_conv_order, _merge_case, _rel, one_thread  # noqa: E402
+from test_zoo import (_duplicates_everywhere, _forward_conv_order, _merge_case, _rel, in_two_processes,  # noqa: E402
+                      one_thread)
 
 from achroma.costs import count_macs  # noqa: E402
 from achroma.data import LUMA, Normalization, get_normalization  # noqa: E402
@@ -173,20 +174,8 @@ _WHOLE: dict[str, dict] = {}
 def whole_case(fam: str) -> dict:
     """Every family's whole-network outcome on the first call, two processes of one thread each."""
     if fam not in _WHOLE:
-        import concurrent.futures
-        import multiprocessing
-
-        todo = [f for f in WHOLE_ORDER if f not in _WHOLE]
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-            _WHOLE.update(zip(todo, pool.map(_whole_worker, todo)))
+        _WHOLE.update(in_two_processes(_whole_case, [f for f in WHOLE_ORDER if f not in _WHOLE]))
     return _WHOLE[fam]
-
-
-def _whole_worker(fam: str) -> dict:
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    return _whole_case(fam)
 
 
 def _whole_case(fam: str) -> dict:

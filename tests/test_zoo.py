@@ -227,20 +227,26 @@ def whole_case(fam: str) -> dict:
     """The whole-network outcome of `fam`; every family's is computed on the first call, two processes at once
     (one thread each: the 2-core machine's cores both busy, about half the time of one process)."""
     if fam not in _WHOLE:
-        import concurrent.futures
-        import multiprocessing
-
-        todo = [f for f in WHOLE_ORDER if f not in _WHOLE]
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-            _WHOLE.update(zip(todo, pool.map(_whole_worker, todo)))
+        _WHOLE.update(in_two_processes(_whole_case, [f for f in WHOLE_ORDER if f not in _WHOLE]))
     return _WHOLE[fam]
 
 
-def _whole_worker(fam: str) -> dict:
+def in_two_processes(case, names: list[str]) -> dict[str, dict]:
+    """`case(name)` for every name, in two spawned processes of one torch thread each (`case` must be a
+    module-level function, so that the processes can import it)."""
+    import concurrent.futures
+    import functools
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+        return dict(zip(names, pool.map(functools.partial(_one_thread_call, case), names)))
+
+
+def _one_thread_call(case, name: str) -> dict:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    return _whole_case(fam)
+    return case(name)
 
 
 def _whole_case(fam: str) -> dict:

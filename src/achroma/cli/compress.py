@@ -95,6 +95,9 @@ def register(sub) -> None:
                    help="distill repair: also train every merged BatchNorm's outputs toward the mean of its "
                         "clusters' outputs in the uncompressed gray model, at this weight beside the logit loss "
                         "(default 0: off)")
+    p.add_argument("--centripetal-until", type=float, default=None, metavar="FRACTION",
+                   help="centripetal repair: the fraction of the epoch after which every merged cluster's channels "
+                        "are equal (default 0.5)")
     p.add_argument("--refit-ridge", default="1e-4", type=lambda v: v if v == "auto" else float(v),
                    help="ls-refit's ridge, relative to the inputs' mean energy (default 1e-4), or auto: chosen "
                         "per layer from 1e-6..1e-1 on a fifth of the calibration images held out")
@@ -157,7 +160,8 @@ def config_from_args(args, layers, repairs):
                           stats_augment=not args.no_stats_augment, distill_lr=args.distill_lr,
                           distill_loss=args.distill_loss, distill_teacher=args.distill_teacher,
                           distill_schedule=args.distill_schedule, refit_ridge=args.refit_ridge,
-                          distill_features=args.distill_features)
+                          distill_features=args.distill_features,
+                          **({} if args.centripetal_until is None else {"centripetal_until": args.centripetal_until}))
     return CompressConfig(layers=layers, metric=args.metric, cluster_method=args.cluster, eps=args.eps,
                           keep=args.keep, selection=args.selection, repair=repairs, repair_config=repair,
                           fields={"steps": args.steps, "restarts": args.restarts, **field_variants(args)},
