@@ -25,9 +25,10 @@ import torch.nn as nn
 from ..clustering import Clustering
 from ..surgery.graph import prepare_for_surgery
 from ..surgery.groups import ChannelGraph
+from ..surgery.merge import PRODUCER_TENSORS
+from ..surgery.scales import is_batchnorm
 
 PULLED_BN = ("weight", "bias", "running_mean", "running_var")  # a BatchNorm's per-channel entries
-PULLED = ("weight", "bias", "border_kernel", "matrix")  # other producers' (the merge's `_channel_tensors`)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class ClusterTie:
 
 
 def _tied_tensors(module: nn.Module, index: dict[int, list[int]], clusters: list[list[int]]) -> list[_Tied]:
-    names = PULLED_BN if isinstance(module, nn.modules.batchnorm._BatchNorm) else PULLED
+    names = PULLED_BN if is_batchnorm(module) else PRODUCER_TENSORS
     out = []
     slots, segment = [], []
     sizes: list[int] = []

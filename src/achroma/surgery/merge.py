@@ -60,13 +60,16 @@ def cluster_groups(clustering: Clustering | Sequence[int] | np.ndarray, n_channe
     return groups
 
 
+PRODUCER_TENSORS = ("weight", "bias", "border_kernel", "matrix")  # what a producer (not a BN) has per channel
+
+
 def _channel_tensors(module: nn.Module, role: str) -> list[tuple[str, torch.Tensor, int]]:
     """(name, tensor, channel axis) that merging edits for this module and role (BN excluded)."""
     if role == "consumer":
         name = "matrix" if hasattr(module, "matrix") else "weight"
         return [(name, getattr(module, name), 1)]
     found = []
-    for name in ("weight", "bias", "border_kernel", "matrix"):
+    for name in PRODUCER_TENSORS:
         t = getattr(module, name, None)
         if isinstance(t, torch.Tensor):
             found.append((name, t, 0))
